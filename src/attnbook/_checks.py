@@ -1,0 +1,73 @@
+"""Argument checks shared by every kernel: clear errors instead of NaNs or silent broadcasts."""
+import math
+import numbers
+
+import torch
+
+
+def tensor(x, name, *, min_dim=1, floating=True):
+    """Return ``x`` if it is a tensor of at least ``min_dim`` dimensions, else raise.
+
+    A ``TypeError`` names the argument when it is not a tensor or not floating point,
+    a ``ValueError`` when it has too few dimensions.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{name} must have at least {min_dim} dimensions, got shape {tuple(x.shape)}"
+        )
+    return x
+
+
+def positive(value, name, *, integer=False):
+    """Return ``value`` if it is a finite number > 0 (an int when ``integer``), else raise."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def same_kind(tensors):
+    """Raise unless every tensor in the dict ``{name: tensor}`` has one dtype and device."""
+    items = list(tensors.items())
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+
+
+def mask_for(mask, scores_shape, name="mask"):
+    """Check that ``mask`` may be applied to scores of ``scores_shape``; return it.
+
+    A mask is boolean (True = may attend) or floating (added to the scores). It must
+    broadcast to the scores without enlarging them: a mask that would change the shape
+    of the scores is an error, not a silent broadcast.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"{name} must be boolean (True = may attend) or floating (added to the scores), "
+            f"got dtype {mask.dtype}"
+        )
+    shape = tuple(scores_shape)
+    ok = mask.dim() <= len(shape)
+    if ok:
+        try:
+            ok = tuple(torch.broadcast_shapes(mask.shape, shape)) == shape
+        except RuntimeError:
+            ok = False
+    if not ok:
+        raise ValueError(
+            f"{name} has shape {tuple(mask.shape)} but the scores are {shape}; "
+            f"a mask must broadcast to (..., Lq, Lk) = {shape}"
+        )
+    return mask
