@@ -1,0 +1,20 @@
+"""Shared set-up of the unit tests: a headless matplotlib, a fixed seed, closed figures."""
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_close_figures():
+    """Every test starts from torch seed 0 and leaves no open figure behind."""
+    torch.manual_seed(0)
+    yield
+    plt.close("all")
