@@ -24,39 +24,41 @@ TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0)
 VIEWS = ("heatmap", "heads", "arcs")
 CONTROLS = ("temperature", "mask", "heads", "head", "query", "view")
 MAX_FRAMES = 64
+STYLE = {"description_width": "initial"}
 MARGINS = dict(left=0.16, right=0.97, bottom=0.14, top=0.86, wspace=0.35, hspace=0.5)
 
 
 def temperature_control(value=1.0, options=TEMPERATURES):
     """A slider over softmax temperatures T (the logits are divided by T)."""
-    return W.SelectionSlider(options=list(options), value=value, description="temperature")
+    return W.SelectionSlider(options=list(options), value=value, description="temperature",
+                             style=STYLE)
 
 
 def mask_control(value="none", options=KINDS):
     """A drop-down over mask kinds: none, causal, padding, sliding window."""
-    return W.Dropdown(options=list(options), value=value, description="mask")
+    return W.Dropdown(options=list(options), value=value, description="mask", style=STYLE)
 
 
 def heads_control(value=1, options=(1, 2, 4)):
     """Buttons for the number of heads h that the width is split into."""
     return W.ToggleButtons(options=list(options), value=value, description="heads",
-                           style={"button_width": "3em"})
+                           style={**STYLE, "button_width": "3em"})
 
 
 def head_control(count, value=0):
     """A slider choosing which head to show (0 .. count-1)."""
-    return W.IntSlider(min=0, max=count - 1, value=value, description="head")
+    return W.IntSlider(min=0, max=count - 1, value=value, description="head", style=STYLE)
 
 
 def query_control(count, value=0):
     """A slider choosing the query position whose weights are highlighted."""
-    return W.IntSlider(min=0, max=count - 1, value=value, description="query")
+    return W.IntSlider(min=0, max=count - 1, value=value, description="query", style=STYLE)
 
 
 def view_control(value="heatmap", options=VIEWS):
     """Buttons for the view: weight heatmap, per-head grid, arcs between tokens."""
     return W.ToggleButtons(options=list(options), value=value, description="view",
-                           style={"button_width": "6em"})
+                           style={**STYLE, "button_width": "6em"})
 
 
 def options_of(control):
@@ -181,10 +183,17 @@ class AttentionExplorer(Explorer):
             "heads": heads_control(options=head_counts),
             "head": head_control(max(head_counts)),
             "query": query_control(lq),
-            "view": view_control(options=VIEWS if lq == lk else VIEWS[:2]),
         }
         for name, value in (values or {}).items():
-            all_controls[name].value = value
+            if name != "view":
+                all_controls[name].value = value
+        # the per-head grid only differs from the heatmap when there can be several heads;
+        # arcs need self-attention (as many keys as queries)
+        views = [v for v in VIEWS if (v != "heads" or "heads" in controls or all_controls["heads"].value > 1)
+                 and (v != "arcs" or lq == lk)]
+        all_controls["view"] = view_control(options=views)
+        if "view" in (values or {}):
+            all_controls["view"].value = values["view"]
         self.highlight = "query" in controls
         self._cache, self._scene = {}, None
         fixed = {n: c.value for n, c in all_controls.items() if n not in controls}
