@@ -58,14 +58,15 @@ def stacks(node):
 @pytest.fixture(scope="module")
 def static():
     q, k = qk()
-    return AttentionExplorer(q, k, TOKENS, controls=("mask", "heads"), **SMALL)
+    # heads first: the axes are rebuilt once per number of heads, not once per frame
+    return AttentionExplorer(q, k, TOKENS, controls=("heads", "mask"), **SMALL)
 
 
 def test_static_has_one_distinct_png_frame_per_combination(static):
     shown = [static.controls[n] for n in static.shown]
-    assert static.shown == ["mask", "heads"]
+    assert static.shown == ["heads", "mask"]
     count = math.prod(len(options_of(c)) for c in shown)
-    assert count == 4 * 3 and len(static.frames) == count
+    assert count == 3 * 4 and len(static.frames) == count
     assert set(static.frames) == set(itertools.product(*(options_of(c) for c in shown)))
     values = [png(f) for f in static.frames.values()]
     assert all(isinstance(v, bytes) and v.startswith(PNG_SIGNATURE) for v in values)
@@ -76,21 +77,21 @@ def test_static_controls_switch_the_current_frame(static):
     mask, heads = static.controls["mask"], static.controls["heads"]
     mask.value, heads.value = "none", 1
     first = static.current_frame()
-    assert first is static.frames[("none", 1)]
+    assert first is static.frames[(1, "none")]
     mask.value = "causal"
-    assert static.current_frame() is static.frames[("causal", 1)]
+    assert static.current_frame() is static.frames[(1, "causal")]
     assert png(static.current_frame()) != png(first)
     heads.value = 4
-    assert static.current_frame() is static.frames[("causal", 4)]
+    assert static.current_frame() is static.frames[(4, "causal")]
     mask.value = "sliding window"
-    assert static.current_frame() is static.frames[("sliding window", 4)]
+    assert static.current_frame() is static.frames[(4, "sliding window")]
     mask.value, heads.value = "none", 1
     assert static.current_frame() is first
 
 
 def test_static_frames_are_jslinked_to_the_controls(static):
     tree = list(stacks(static.view))
-    assert len(tree) == 1 + 4  # one Stack for the mask, one per mask value for the heads
+    assert len(tree) == 1 + 3  # one Stack for the heads, one per number of heads for the mask
     links = [w for w in all_widgets() if isinstance(w, Link) and w.target[0] in tree]
     assert len(links) == len(tree)
     for link in links:
@@ -98,14 +99,14 @@ def test_static_frames_are_jslinked_to_the_controls(static):
         assert link.target[1] == "selected_index"
         assert control in (static.controls["mask"], static.controls["heads"])
         assert trait == "index"
-    assert sum(link.source[0] is static.controls["heads"] for link in links) == 4
+    assert sum(link.source[0] is static.controls["mask"] for link in links) == 3
     assert static.widget.children[1] is static.view
-    assert list(static.widget.children[0].children) == [static.controls["mask"], static.controls["heads"]]
+    assert list(static.widget.children[0].children) == [static.controls["heads"], static.controls["mask"]]
 
 
 def test_static_frames_equal_a_fresh_rendering_of_their_state(static):
-    assert static.render(mask="causal", heads=2) == png(static.frames[("causal", 2)])
-    assert static.render(mask="none", heads=1) == png(static.frames[("none", 1)])
+    assert static.render(mask="causal", heads=2) == png(static.frames[(2, "causal")])
+    assert static.render(mask="none", heads=1) == png(static.frames[(1, "none")])
 
 
 def test_fixed_controls_use_values_and_are_not_shown():

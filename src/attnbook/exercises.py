@@ -71,12 +71,19 @@ def check_masked_softmax(fn, seed=0):
 
 
 def check_attention(fn, seed=0):
-    """Check ``fn(query, key, value)`` = softmax(Q Kᵀ / √d) V on non-square shapes. §2.4."""
+    """Check ``fn(query, key, value)`` = softmax(Q Kᵀ / √d) V on non-square shapes. §2.4.
+
+    ``fn`` returns the output, or (output, weights), in which case the weights are checked too.
+    """
     q, k, v = _inputs(seed)
     got = fn(q, k, v)
+    out, weights = attention(q, k, v)
+    got_weights = None
     if isinstance(got, tuple):
-        got = got[0]
-    problem = _compare(got, attention(q, k, v)[0], "output")
+        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
+    problem = _compare(got, out, "output")
+    if problem is None and got_weights is not None:
+        problem = _compare(got_weights, weights, "weights")
     if problem and isinstance(got, torch.Tensor) and got.shape == (2, 5, 3):
         if _compare(got, attention(q, k, v, scale=1.0)[0], "output") is None:
             problem = "the output matches attention without the 1/√d scale"

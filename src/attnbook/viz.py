@@ -41,7 +41,9 @@ def heatmap(weights, x_labels=None, y_labels=None, *, ax=None, title=None, annot
     ax = ax if ax is not None else plt.gca()
     image = ax.imshow(w, cmap=CMAP, vmin=0.0, vmax=vmax if vmax is not None else max(w.max(), 1e-12),
                       aspect="auto")
-    ax.set_xticks(range(lk), _labels(x_labels, lk, "x_labels"), rotation=90 if lk > 8 else 0)
+    x_labels = _labels(x_labels, lk, "x_labels")
+    crowded = sum(len(str(t)) + 1 for t in x_labels) > 4 * lk or lk > 8
+    ax.set_xticks(range(lk), x_labels, rotation=90 if crowded else 0)
     ax.set_yticks(range(lq), _labels(y_labels, lq, "y_labels"))
     ax.set_xlabel("key")
     ax.set_ylabel("query")

@@ -234,8 +234,9 @@ class AttentionExplorer(Explorer):
             fig.suptitle(label, fontsize=9)
         elif view == "heatmap":
             viz.set_heatmap(images[0], w[head], highlight_row=query,
-                            title=f"head {head} of {heads}; {label}")
+                            title=f"head {head} of {heads}; {label}" if heads > 1 else label)
         else:
             images[0].clear()
             viz.arcs(w[head], self.tokens, query=query, ax=images[0],
-                     title=f"query {query} ({self.tokens[query]}), head {head}; {label}")
+                     title=f"query {query} ({self.tokens[query]})" + (f", head {head}" if heads > 1 else "")
+                     + f"; {label}")
