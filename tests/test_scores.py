@@ -212,8 +212,6 @@ def test_general_scores_rejects_bad_weight(weight, error):
         general_scores(torch.randn(2, 3, 5), torch.randn(2, 6, 4), weight)
 
 
-@pytest.mark.xfail(strict=True, reason="general_scores does not check the dtype of weight: "
-                   "a float64 weight with float32 query/key raises torch's RuntimeError")
 def test_general_scores_rejects_weight_of_another_dtype():
     with pytest.raises(TypeError, match="weight"):
         general_scores(torch.randn(2, 3, 5), torch.randn(2, 6, 4), torch.randn(5, 4, dtype=torch.float64))
@@ -250,8 +248,6 @@ def test_additive_scores_rejects_bad_input(name, bad, error):
         additive_scores(**args)
 
 
-@pytest.mark.xfail(strict=True, reason="additive_scores does not check the dtype of w_query/w_key/v: "
-                   "a float64 parameter with float32 query/key raises torch's RuntimeError")
 def test_additive_scores_rejects_parameters_of_another_dtype():
     args = _additive_args()
     args["w_query"] = args["w_query"].double()

@@ -152,8 +152,6 @@ def test_attention_explorer_rejects_bad_input(args, kwargs, error, name):
         AttentionExplorer(*args, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="AttentionExplorer(values=...) with an unknown control name "
-                   "raises a bare KeyError('temp') instead of a ValueError naming values")
 def test_attention_explorer_rejects_unknown_values():
     q, k = qk()
     with pytest.raises(ValueError, match="values"):

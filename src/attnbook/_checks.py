@@ -44,12 +44,12 @@ def same_kind(tensors):
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
 
 
-def mask_for(mask, scores_shape, name="mask"):
+def mask_for(mask, scores_shape, name="mask", dtype=None):
     """Check that ``mask`` may be applied to scores of ``scores_shape``; return it.
 
     A mask is boolean (True = may attend) or floating (added to the scores). It must
     broadcast to the scores without enlarging them: a mask that would change the shape
-    of the scores is an error, not a silent broadcast.
+    of the scores is an error, not a silent broadcast. A float mask must have ``dtype``.
     """
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
@@ -58,6 +58,8 @@ def mask_for(mask, scores_shape, name="mask"):
             f"{name} must be boolean (True = may attend) or floating (added to the scores), "
             f"got dtype {mask.dtype}"
         )
+    if dtype is not None and mask.is_floating_point() and mask.dtype != dtype:
+        raise TypeError(f"a float {name} must have the dtype of the scores, {dtype}, got {mask.dtype}")
     shape = tuple(scores_shape)
     ok = mask.dim() <= len(shape)
     if ok:

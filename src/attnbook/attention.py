@@ -50,9 +50,5 @@ def attention(query, key, value, mask=None, *, scale=None, temperature=1.0, is_c
         if mask is not None:
             raise ValueError("pass either mask or is_causal=True, not both")
         mask = causal_mask(query.shape[-2], key.shape[-2], device=query.device)
-    if mask is not None:
-        _checks.mask_for(mask, scores.shape)
-        if mask.is_floating_point() and mask.dtype != scores.dtype:
-            raise TypeError(f"a float mask must have the dtype of query, {query.dtype}, got {mask.dtype}")
     weights = masked_softmax(scores, mask, temperature=temperature)
     return weights @ value, weights

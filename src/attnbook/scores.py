@@ -71,6 +71,7 @@ def general_scores(query, key, weight):
     """
     _pair(query, key, same_width=False)
     _checks.tensor(weight, "weight", min_dim=2)
+    _checks.same_kind({"query": query, "weight": weight})
     if tuple(weight.shape) != (query.shape[-1], key.shape[-1]):
         raise ValueError(
             f"weight has shape {tuple(weight.shape)} but must be (d_q, d_k) = "
@@ -89,6 +90,7 @@ def additive_scores(query, key, w_query, w_key, v):
     _pair(query, key, same_width=False)
     for name, t, dim in (("w_query", w_query, 2), ("w_key", w_key, 2), ("v", v, 1)):
         _checks.tensor(t, name, min_dim=dim)
+    _checks.same_kind({"query": query, "w_query": w_query, "w_key": w_key, "v": v})
     h = v.shape[0]
     want = {"w_query": (h, query.shape[-1]), "w_key": (h, key.shape[-1]), "v": (h,)}
     for name, t in (("w_query", w_query), ("w_key", w_key), ("v", v)):

@@ -17,7 +17,7 @@ def masked_softmax(scores, mask=None, *, temperature=1.0, dim=-1):
     _checks.positive(temperature, "temperature")
     keep = None
     if mask is not None:
-        _checks.mask_for(mask, scores.shape)
+        _checks.mask_for(mask, scores.shape, dtype=scores.dtype)
         if mask.dtype == torch.bool:
             keep = mask
         else:
@@ -38,5 +38,5 @@ def entropy(weights, dim=-1):
     weights (..., Lk) -> (...). Ranges from 0 (one-hot) to log Lk (uniform). §2.3.
     """
     _checks.tensor(weights, "weights", min_dim=1)
-    logs = torch.where(weights > 0, weights.log(), torch.zeros_like(weights))
+    logs = torch.log(torch.where(weights > 0, weights, torch.ones_like(weights)))  # finite gradient at 0
     return -(weights * logs).sum(dim=dim)

@@ -168,9 +168,10 @@ class AttentionExplorer(Explorer):
                 raise ValueError(f"{name} must be 2-D (L, d), got shape {tuple(t.shape)}")
         if query.shape[1] != key.shape[1]:
             raise ValueError(f"query has width {query.shape[1]} but key has {key.shape[1]}")
-        unknown = set(controls) - set(CONTROLS)
-        if unknown:
-            raise ValueError(f"controls must be names from {CONTROLS}, got {sorted(unknown)}")
+        for arg, names in (("controls", controls), ("values", values or {})):
+            unknown = set(names) - set(CONTROLS)
+            if unknown:
+                raise ValueError(f"{arg} must use names from {CONTROLS}, got {sorted(unknown)}")
         self.query, self.key, self.window = query.detach(), key.detach(), window
         lq, lk = query.shape[0], key.shape[0]
         self.tokens = viz._labels(tokens, lq, "tokens")
