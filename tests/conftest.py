@@ -1,7 +1,8 @@
 """Shared set-up of the unit tests: a headless matplotlib, a fixed seed, closed figures."""
 import os
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+# The notebooks' kernels (nbval) inherit this environment and must keep the inline backend.
+os.environ.pop("MPLBACKEND", None)
 
 import matplotlib  # noqa: E402
 

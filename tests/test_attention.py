@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnbook import attention, causal_mask, padding_mask
+from attnbook import attention, causal_mask, padding_mask, sliding_window_mask
 
 DTYPES = [torch.float32, torch.float64]
 FAST = settings(max_examples=20, deadline=None)
@@ -144,6 +144,24 @@ def test_is_causal_equals_causal_mask_and_sdpa_is_causal(dtype, lq, lk):
     torch.testing.assert_close(w, w_mask, rtol=0, atol=0)
     torch.testing.assert_close(out, sdpa(q, k, v, is_causal=True), **tol(dtype))
     assert (w[..., ~causal_mask(lq, lk)] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["causal", "padding", "window", "causal window", "causal & padding"])
+@pytest.mark.parametrize("lq, lk", [(3, 6), (6, 4)])
+def test_each_mask_kind_matches_sdpa_and_brute_force(dtype, kind, lq, lk):
+    q, k, v = qkv((2,), lq, lk, 5, 3, dtype)
+    pad = padding_mask([lk, 2], lk)
+    keep = {"causal": causal_mask(lq, lk), "padding": pad,
+            "window": sliding_window_mask(lq, lk, window=1),
+            "causal window": sliding_window_mask(lq, lk, window=2, causal=True),
+            "causal & padding": causal_mask(lq, lk) & pad}[kind]
+    out, w = attention(q, k, v, keep)
+    torch.testing.assert_close(out, sdpa_ref(q, k, v, keep), **tol(dtype))
+    want_out, want_w = brute_attention(q, k, v, keep)
+    torch.testing.assert_close(out, want_out, **tol(dtype))
+    torch.testing.assert_close(w, want_w, **tol(dtype))
+    assert (w[~keep.expand_as(w)] == 0).all()
 
 
 @pytest.mark.parametrize("lq, lk", [(6, 6), (4, 7), (7, 4)])

@@ -57,13 +57,13 @@ def test_masked_softmax_accepts_correct_solutions(capsys, seed):
 
 
 @pytest.mark.parametrize("fn, message", [
-    (lambda s, m: masked_softmax(s, ~m), "masked positions got a non-zero weight"),   # inverted mask
+    (lambda s, m: masked_softmax(s, ~m), "the mask is inverted"),                       # inverted mask
     (lambda s, m: torch.softmax(s, dim=-1), "masked positions got a non-zero weight"),  # mask ignored
     (lambda s, m: masked_softmax(s, m, dim=-2), "do not sum to 1"),                     # wrong dim
     (lambda s, m: torch.exp(s) * m, "do not sum to 1"),                                 # no normalisation
     (lambda s, m: masked_softmax(s, m)[..., :-1], "expected shape (2, 5, 7), got (2, 5, 6)"),
     (lambda s, m: None, "expected a torch.Tensor, got NoneType"),
-    (lambda s, m: torch.softmax(s.masked_fill(~m, -math.inf), dim=-2), "do not sum to 1"),  # NaN columns
+    (lambda s, m: torch.softmax(s.masked_fill(~m, -math.inf), dim=-2), "contains NaN"),  # NaN columns
 ])
 def test_masked_softmax_names_the_mistake(capsys, fn, message):
     result, line = verdict(capsys, check_masked_softmax, fn)
@@ -93,7 +93,7 @@ def test_attention_accepts_correct_solutions(capsys, seed):
     (lambda q, k, v: attention(q, k, v, scale=1.0), "without the 1/√d scale"),
     (lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-2) @ v,
      "softmax runs over the queries"),
-    (lambda q, k, v: attention(q, k, v, scale=1 / q.shape[-1]), "differ from the reference"),    # divide by d
+    (lambda q, k, v: attention(q, k, v, scale=1 / q.shape[-1]), "divided by d instead of √d"),
     (lambda q, k, v: attention(q, k, v, is_causal=True), "differ from the reference"),
     (lambda q, k, v: attention(q, k, v)[1], "expected shape (2, 5, 3), got (2, 5, 7)"),          # the weights
     (lambda q, k, v: (attention(q, k, v)[1], attention(q, k, v)[0]), "expected shape (2, 5, 3)"),
@@ -129,3 +129,21 @@ def test_check_value_says_what_is_wrong(capsys, got, want, message):
 def test_check_value_tolerance_is_relative():
     assert check_value(1050.0, 1000.0, tol=0.1)
     assert not check_value(1050.0, 1000.0, tol=0.01)
+
+
+def test_attention_names_division_by_d(capsys):
+    result, line = verdict(capsys, check_attention, lambda q, k, v: attention(q, k, v, scale=1 / q.shape[-1]))
+    assert result is False and "d instead of √d" in line
+
+
+def test_an_error_in_the_students_function_is_a_verdict_not_a_traceback(capsys):
+    result, line = verdict(capsys, check_attention, lambda q, k, v: q @ v)
+    assert result is False and "your function raised" in line and "(2, 5, 8)" in line
+    result, line = verdict(capsys, check_masked_softmax, "not a function")
+    assert result is False and "expected a function" in line
+
+
+def test_attention_checks_the_weights_when_they_are_returned(capsys):
+    result, line = verdict(capsys, check_attention,
+                           lambda q, k, v: (attention(q, k, v)[0], attention(q, k, v)[1].flip(-1)))
+    assert result is False and line.startswith("❌ weights")

@@ -2,6 +2,8 @@
 
 Every function returns a bool tensor whose last two dimensions are (Lq, Lk).
 """
+import numbers
+
 import torch
 
 from . import _checks
@@ -50,7 +52,7 @@ def sliding_window_mask(lq, lk=None, *, window, causal=False, device=None):
     Returns (Lq, Lk) bool. Explained in §2.3.
     """
     lq, lk = _lengths(lq, lk)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0:
         raise ValueError(f"window must be an integer ≥ 0, got {window!r}")
     offset = torch.arange(lq, device=device)[:, None] - torch.arange(lk, device=device)
     if causal:

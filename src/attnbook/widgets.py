@@ -80,6 +80,8 @@ class Explorer:
     controls, at most :data:`MAX_FRAMES`; live mode redraws on each change.
     """
 
+    slow_controls = ()  # controls whose change rebuilds the figure rather than updating it
+
     def __init__(self, draw, controls, *, fixed=None, live=False, figsize=(4.4, 3.4), dpi=80):
         if not callable(draw):
             raise TypeError(f"draw must be callable, got {type(draw).__name__}")
@@ -120,8 +122,13 @@ class Explorer:
         if count > MAX_FRAMES:
             raise ValueError(f"controls {self.shown} need {count} frames; show fewer controls "
                              f"or fewer values (at most {MAX_FRAMES} frames)")
-        self.frames = {combo: W.Image(value=self.render(**dict(zip(self.shown, combo))), format="png")
-                       for combo in itertools.product(*options)}
+        # Render with the controls that rebuild the figure varying slowest (fewer rebuilds).
+        order = sorted(self.shown, key=lambda n: n not in self.slow_controls)
+        self.frames = {}
+        for combo in itertools.product(*(options_of(self.controls[n]) for n in order)):
+            values = dict(zip(order, combo))
+            key = tuple(values[n] for n in self.shown)
+            self.frames[key] = W.Image(value=self.render(**values), format="png")
         return self._nest(0, ())
 
     def _nest(self, depth, prefix):
@@ -159,6 +166,8 @@ class AttentionExplorer(Explorer):
     starting values. Weights are cached per (temperature, mask, heads), and the axes per
     (view, heads), so changing the view, head or query only redraws. Explained in §2.3.
     """
+
+    slow_controls = ("view", "heads")
 
     def __init__(self, query, key, tokens=None, *, key_tokens=None, controls=("temperature", "mask"),
                  values=None, window=1, **kwargs):
