@@ -1,0 +1,239 @@
+"""Benchmark: time and peak memory of every exact and efficient kernel against PyTorch's SDPA.
+
+Run ``python -m attnbook.bench`` (``--help`` for options). For each sequence length n it
+measures each kernel on query, key and value of shape (B, H, n, d), prints the time and peak
+memory as ratios to SDPA measured in the same run, fits the log-log growth exponent of time
+and memory against n, reports the crossover lengths (the first n from which a kernel is faster
+than SDPA), and writes everything as JSON. Explained in §5.2 and §5.3.
+
+Memory is the peak extra memory of one call: on CUDA ``torch.cuda.max_memory_allocated``; on
+the CPU the rise of the process's peak resident memory (Linux ``VmHWM``, reset before each
+call), with glibc's malloc told to return large blocks to the system at once
+(``MALLOC_MMAP_THRESHOLD_``, set by re-running the module when it is missing).
+"""
+import argparse
+import json
+import math
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+from .attention import attention
+
+ENV_MMAP = "MALLOC_MMAP_THRESHOLD_"
+DEFAULT_SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def _kernels(features, landmarks):
+    """name -> fn(q, k, v) for every kernel measured; SDPA is the reference."""
+    from .flash import tiled_attention
+    from .linear import linear_attention, performer_attention
+    from .lowrank import nystrom_attention
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    gen = torch.Generator()
+
+    def performer(q, k, v):
+        gen.manual_seed(0)
+        return performer_attention(q, k, v, features=features, generator=gen)
+
+    return {
+        "sdpa": sdpa,
+        "naive": lambda q, k, v: attention(q, k, v)[0],
+        "tiled": tiled_attention,
+        "linear": linear_attention,
+        "performer": performer,
+        "nystrom": lambda q, k, v: nystrom_attention(q, k, v, landmarks=landmarks),
+    }
+
+
+def _naive_bytes(b, h, n, itemsize):
+    """Scores and weights of exact attention: 2·B·H·n² numbers."""
+    return 2 * b * h * n * n * itemsize
+
+
+def _available_bytes():
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+class _PeakMemory:
+    """Peak extra bytes allocated during a call (CUDA allocator, or the process's VmHWM on Linux)."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.linux = pathlib.Path("/proc/self/clear_refs").exists()
+
+    def _rss(self, field):
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        elif self.linux:
+            pathlib.Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.base = self._rss("VmRSS:")
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        elif self.linux:
+            self.bytes = max(0, self._rss("VmHWM:") - self.base)
+        else:
+            self.bytes = float("nan")
+
+
+def measure(fn, q, k, v, *, repeats=3, min_time=0.0):
+    """(median seconds, peak extra bytes) of ``fn(q, k, v)`` after one warm-up call."""
+    with torch.no_grad():
+        fn(q, k, v)
+        with _PeakMemory(q.device) as peak:
+            out = fn(q, k, v)
+            del out
+        times, spent = [], 0.0
+        while len(times) < repeats or spent < min_time:
+            if q.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(q, k, v)
+            if q.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+            spent += times[-1]
+    return statistics.median(times), peak.bytes
+
+
+def growth_exponent(sizes, values):
+    """Least-squares slope of log(value) against log(n): ≈ 1 for linear, ≈ 2 for quadratic growth."""
+    pts = [(math.log(n), math.log(v)) for n, v in zip(sizes, values) if v and v > 0 and math.isfinite(v)]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else float("nan")
+
+
+def crossover(sizes, ratios):
+    """The first n from which the kernel stays faster than SDPA (time ratio < 1), or None."""
+    for i, n in enumerate(sizes):
+        if all(r is not None and r < 1 for r in ratios[i:]):
+            return n
+    return None
+
+
+def run(sizes=DEFAULT_SIZES, *, batch=1, heads=8, dim=64, device="cpu", dtype=torch.float32,
+        kernels=None, repeats=3, features=256, landmarks=64, memory_fraction=0.25, log=print):
+    """Measure every kernel at every size; return the results as a dict (see the module doc)."""
+    device = torch.device(device)
+    table = _kernels(features, landmarks)
+    names = list(kernels or table)
+    unknown = set(names) - set(table)
+    if unknown:
+        raise ValueError(f"kernels must be among {sorted(table)}, got {sorted(unknown)}")
+    if "sdpa" not in names:
+        names.insert(0, "sdpa")
+    budget = memory_fraction * (_available_bytes() if device.type == "cpu"
+                                else torch.cuda.mem_get_info(device)[0])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(batch, heads, n, dim, generator=g).to(device=device, dtype=dtype)
+                   for _ in range(3))
+        for name in names:
+            if name == "naive" and _naive_bytes(batch, heads, n, itemsize) > budget:
+                rows.append({"kernel": name, "n": n, "seconds": None, "bytes": None, "skipped": "memory"})
+                continue
+            seconds, peak = measure(table[name], q, k, v, repeats=repeats)
+            rows.append({"kernel": name, "n": n, "seconds": seconds, "bytes": peak})
+            log(f"  n={n:>6} {name:>9}: {seconds * 1e3:9.2f} ms, {peak / 2**20:9.1f} MiB")
+    return summarise(rows, names, list(sizes), config=dict(batch=batch, heads=heads, dim=dim,
+                                                            device=str(device), dtype=str(dtype),
+                                                            features=features, landmarks=landmarks))
+
+
+def summarise(rows, names, sizes, config):
+    """Ratios to SDPA, growth exponents and crossovers from the raw rows."""
+    ref = {r["n"]: r for r in rows if r["kernel"] == "sdpa"}
+    summary = {}
+    for name in names:
+        mine = {r["n"]: r for r in rows if r["kernel"] == name}
+        time_ratio = [mine[n]["seconds"] / ref[n]["seconds"] if mine[n]["seconds"] else None for n in sizes]
+        mem_ratio = [mine[n]["bytes"] / ref[n]["bytes"] if mine[n]["bytes"] and ref[n]["bytes"] else None
+                     for n in sizes]
+        measured = [n for n in sizes if mine[n]["seconds"]]
+        summary[name] = {
+            "time_ratio": time_ratio,
+            "memory_ratio": mem_ratio,
+            "time_exponent": growth_exponent(measured, [mine[n]["seconds"] for n in measured]),
+            "memory_exponent": growth_exponent(measured, [mine[n]["bytes"] for n in measured]),
+            "crossover": crossover(sizes, time_ratio) if name != "sdpa" else None,
+        }
+    return {"config": config, "sizes": sizes, "rows": rows, "summary": summary}
+
+
+def report(result):
+    """The results as a text table: time and memory ratios to SDPA, exponents, crossovers."""
+    sizes, summary = result["sizes"], result["summary"]
+    lines = ["time / SDPA time"]
+    head = f"{'kernel':>10} " + " ".join(f"{n:>7}" for n in sizes) + "   exponent  crossover"
+    for what, key, exp in (("time", "time_ratio", "time_exponent"), ("memory", "memory_ratio", "memory_exponent")):
+        lines = lines if what == "time" else lines + ["", "peak memory / SDPA peak memory"]
+        lines.append(head if what == "time" else head.replace("  crossover", ""))
+        for name, s in summary.items():
+            cells = " ".join(f"{r:7.2f}" if r is not None else f"{'-':>7}" for r in s[key])
+            tail = f"{s[exp]:10.2f}"
+            if what == "time":
+                tail += f"  {s['crossover'] if s['crossover'] else '-':>9}"
+            lines.append(f"{name:>10} {cells} {tail}")
+    sdpa = {r["n"]: r for r in result["rows"] if r["kernel"] == "sdpa"}
+    lines += ["", "SDPA itself: " + ", ".join(f"n={n}: {sdpa[n]['seconds'] * 1e3:.1f} ms" for n in sizes)]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Command line: python -m attnbook.bench [--sizes ...] [--json FILE] [--device cpu|cuda]."""
+    p = argparse.ArgumentParser(prog="python -m attnbook.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="sequence lengths (default 256 ... 16384 on the CPU, up to 65536 on a GPU)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--kernels", nargs="+", default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
+    args = p.parse_args(argv)
+    if args.device == "cpu" and ENV_MMAP not in os.environ and pathlib.Path("/proc/self/status").exists():
+        os.environ[ENV_MMAP] = str(128 * 1024)  # large blocks go back to the system when freed
+        os.execv(sys.executable, [sys.executable, "-m", "attnbook.bench", *sys.argv[1:]])
+    sizes = args.sizes or (DEFAULT_SIZES if args.device == "cpu" else DEFAULT_SIZES + (32768, 65536))
+    print(f"attnbook.bench: B={args.batch}, H={args.heads}, d={args.dim}, {args.dtype} on {args.device}")
+    result = run(sizes, batch=args.batch, heads=args.heads, dim=args.dim, device=args.device,
+                 dtype=getattr(torch, args.dtype), kernels=args.kernels, repeats=args.repeats)
+    print(report(result))
+    pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
