@@ -13,6 +13,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+# One thread: on a small shared CPU, torch's thread pool makes tiny operations many times
+# slower and the suite's time erratic. (Notebooks run in their own kernels, unaffected.)
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_close_figures():
     """Every test starts from torch seed 0 and leaves no open figure behind."""

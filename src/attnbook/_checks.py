@@ -61,12 +61,8 @@ def mask_for(mask, scores_shape, name="mask", dtype=None):
     if dtype is not None and mask.is_floating_point() and mask.dtype != dtype:
         raise TypeError(f"a float {name} must have the dtype of the scores, {dtype}, got {mask.dtype}")
     shape = tuple(scores_shape)
-    ok = mask.dim() <= len(shape)
-    if ok:
-        try:
-            ok = tuple(torch.broadcast_shapes(mask.shape, shape)) == shape
-        except RuntimeError:
-            ok = False
+    # broadcasts without enlarging: each trailing dimension is 1 or the scores' own
+    ok = mask.dim() <= len(shape) and all(m in (1, s) for m, s in zip(reversed(mask.shape), reversed(shape)))
     if not ok:
         raise ValueError(
             f"{name} has shape {tuple(mask.shape)} but the scores are {shape}; "

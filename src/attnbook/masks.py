@@ -18,13 +18,17 @@ def _lengths(lq, lk):
     return lq, lk
 
 
-def causal_mask(lq, lk=None, *, device=None):
-    """m_ij = (j ≤ i): query i sees keys 0..i (aligned top-left, as in PyTorch's SDPA).
+def causal_mask(lq, lk=None, *, offset=0, device=None):
+    """m_ij = (j ≤ i + offset): query i sees keys 0..i+offset.
 
-    Returns (Lq, Lk) bool. Cost O(Lq·Lk) memory. Explained in §2.3.
+    offset 0 aligns top-left, as PyTorch's SDPA does; offset Lk - Lq aligns bottom-right,
+    as decoding with a KV cache needs (the Lq new queries are the last Lq positions).
+    Returns (Lq, Lk) bool. Cost O(Lq·Lk) memory. Explained in §2.3 and §5.3.
     """
     lq, lk = _lengths(lq, lk)
-    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril()
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+        raise TypeError(f"offset must be an integer, got {type(offset).__name__}")
+    return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(int(offset))
 
 
 def padding_mask(lengths, lk, *, device=None):
@@ -52,7 +56,9 @@ def sliding_window_mask(lq, lk=None, *, window, causal=False, device=None):
     Returns (Lq, Lk) bool. Explained in §2.3.
     """
     lq, lk = _lengths(lq, lk)
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 0:
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral):
+        raise TypeError(f"window must be an integer ≥ 0, got {type(window).__name__} {window!r}")
+    if window < 0:
         raise ValueError(f"window must be an integer ≥ 0, got {window!r}")
     offset = torch.arange(lq, device=device)[:, None] - torch.arange(lk, device=device)
     if causal:

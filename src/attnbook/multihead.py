@@ -21,20 +21,21 @@ def merge_heads(x):
     return x.transpose(-3, -2).flatten(-2)
 
 
-def _heads_mask(mask, batch, lq, lk, heads):
-    """Lift a mask of shape (Lq, Lk), (B, Lq, Lk), (B, 1, Lk) or (B, h, Lq, Lk) to 4-D."""
+def heads_mask(mask, batch, heads, lq, lk, *, name="mask", dtype=None):
+    """Check a mask (Lq, Lk), (B, Lq, Lk), (B, 1, Lk) or (B, h, Lq, Lk); return it broadcastable
+    to the multi-head scores (B, h, Lq, Lk). ``name`` is the argument named in errors. §2.4."""
     if mask is None:
         return None
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dim() == 3:
-        mask = mask.unsqueeze(1)
-    if mask.dim() not in (2, 4):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    targets = {2: (lq, lk), 3: (batch, lq, lk), 4: (batch, heads, lq, lk)}
+    if mask.dim() not in targets:
         raise ValueError(
-            f"mask has shape {tuple(mask.shape)}; multi-head attention takes (Lq, Lk) = ({lq}, {lk}), "
+            f"{name} has shape {tuple(mask.shape)}; multi-head attention takes (Lq, Lk) = ({lq}, {lk}), "
             f"(B, Lq, Lk) = ({batch}, {lq}, {lk}) or (B, h, Lq, Lk) = ({batch}, {heads}, {lq}, {lk})"
         )
-    return _checks.mask_for(mask, (batch, heads, lq, lk))
+    _checks.mask_for(mask, targets[mask.dim()], name=name, dtype=dtype)
+    return mask.unsqueeze(-3) if mask.dim() == 3 else mask
 
 
 class MultiHeadAttention(nn.Module):
@@ -68,7 +69,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("add_bias_kv and add_zero_attn are not supported")
         bias = mha.in_proj_bias is not None
         new = cls(mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim, bias=bias)
-        p = new.to(mha.out_proj.weight.dtype)
+        p = new.to(device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         with torch.no_grad():
             if mha._qkv_same_embed_dim:
                 weights = mha.in_proj_weight.chunk(3)
@@ -102,6 +103,6 @@ class MultiHeadAttention(nn.Module):
         q = split_heads(self.q_proj(query), h)
         k = split_heads(self.k_proj(key), h)
         v = split_heads(self.v_proj(value), h)
-        mask = _heads_mask(mask, query.shape[0], query.shape[1], key.shape[1], h)
+        mask = heads_mask(mask, query.shape[0], h, query.shape[1], key.shape[1], dtype=query.dtype)
         out, weights = attention(q, k, v, mask, is_causal=is_causal, temperature=temperature)
         return self.out_proj(merge_heads(out)), weights

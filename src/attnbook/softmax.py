@@ -22,6 +22,8 @@ def masked_softmax(scores, mask=None, *, temperature=1.0, dim=-1):
             keep = mask
         else:
             scores = scores + mask
+    if scores.shape[dim] == 0:
+        return torch.zeros_like(scores)  # no key at all: like a fully masked row
     logits = scores / temperature
     if keep is not None:
         logits = logits.masked_fill(~keep, float("-inf"))

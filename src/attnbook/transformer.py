@@ -19,7 +19,8 @@ from torch import nn
 
 from . import _checks
 from .attention import attention
-from .multihead import MultiHeadAttention, merge_heads, split_heads
+from .masks import causal_mask
+from .multihead import MultiHeadAttention, heads_mask, merge_heads, split_heads
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
 
@@ -50,29 +51,13 @@ def _check_probability(p, name):
     return p
 
 
-def _heads_mask(mask, name, batch, heads, lq, lk, dtype):
-    """Check a mask (Lq, Lk), (B, Lq, Lk), (B, 1, Lk) or (B, h, Lq, Lk); return it broadcastable to 4-D."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
-    targets = {2: (lq, lk), 3: (batch, lq, lk), 4: (batch, heads, lq, lk)}
-    if mask.dim() not in targets:
-        raise ValueError(
-            f"{name} has shape {tuple(mask.shape)}; it must be (Lq, Lk) = ({lq}, {lk}), "
-            f"(B, Lq, Lk) = ({batch}, {lq}, {lk}) or (B, h, Lq, Lk) = ({batch}, {heads}, {lq}, {lk})"
-        )
-    _checks.mask_for(mask, targets[mask.dim()], name=name, dtype=dtype)
-    return mask.unsqueeze(-3) if mask.dim() == 3 else mask
-
-
 def _with_causal(mask, lq, lk, device):
     """Add the causal constraint j ≤ i + (Lk - Lq) to ``mask``: the Lq queries are the *last* Lq positions.
 
     Without a cache Lq = Lk and this is the usual j ≤ i; with a cache of P positions the new
     query i sits at position P + i and sees keys 0..P + i.
     """
-    keep = torch.ones(lq, lk, dtype=torch.bool, device=device).tril(lk - lq)
+    keep = causal_mask(lq, lk, offset=lk - lq, device=device)
     if mask is None:
         return keep
     if mask.dtype == torch.bool:
@@ -196,7 +181,7 @@ class SelfAttention(nn.Module):
                 f"cache must be a LayerCache (one layer of a KVCache) or None, got {type(cache).__name__}")
         lq = x.shape[1]
         lk = lq + (0 if cache is None else cache.length)
-        mask = _heads_mask(mask, mask_name, x.shape[0], self.num_heads, lq, lk, x.dtype)
+        mask = heads_mask(mask, x.shape[0], self.num_heads, lq, lk, name=mask_name, dtype=x.dtype)
         return _with_causal(mask, lq, lk, x.device) if self.causal else mask
 
     def forward(self, x, mask=None, *, cache=None):
@@ -239,8 +224,8 @@ class CrossAttention(nn.Module):
         if memory.shape[0] != x.shape[0]:
             raise ValueError(f"memory has batch {memory.shape[0]} (shape {tuple(memory.shape)}) "
                              f"but x has {x.shape[0]} (shape {tuple(x.shape)})")
-        return _heads_mask(memory_mask, "memory_mask", x.shape[0], self.num_heads, x.shape[1],
-                           memory.shape[1], x.dtype)
+        return heads_mask(memory_mask, x.shape[0], self.num_heads, x.shape[1], memory.shape[1],
+                          name="memory_mask", dtype=x.dtype)
 
     def forward(self, x, memory, memory_mask=None):
         """y (B, Lq, E) and weights (B, h, Lq, Lm); see the class docstring."""
