@@ -7,14 +7,16 @@ and memory against n, reports the crossover lengths (the first n from which a ke
 than SDPA), and writes everything as JSON. Explained in §5.2 and §5.3.
 
 Memory is the peak extra memory of one call: on CUDA ``torch.cuda.max_memory_allocated``; on
-the CPU the rise of the process's peak resident memory (Linux ``VmHWM``, reset before each
-call), with glibc's malloc told to return large blocks to the system at once
-(``MALLOC_MMAP_THRESHOLD_``, set by re-running the module when it is missing).
+the CPU the rise of the process's peak resident memory (Linux ``VmHWM``, reset before the
+call), with glibc's malloc first returning the memory it keeps to the system and, for that
+call only, mapping every block of 128 KiB or more afresh, so that each large tensor shows in
+the resident memory. Timings are
+taken in separate calls, with malloc's usual settings.
 """
 import argparse
+import ctypes
 import json
 import math
-import os
 import pathlib
 import statistics
 import sys
@@ -24,7 +26,7 @@ import torch
 
 from .attention import attention
 
-ENV_MMAP = "MALLOC_MMAP_THRESHOLD_"
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 DEFAULT_SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -47,7 +49,7 @@ def _kernels(features, landmarks):
         "tiled": tiled_attention,
         "linear": linear_attention,
         "performer": performer,
-        "nystrom": lambda q, k, v: nystrom_attention(q, k, v, landmarks=landmarks),
+        "nystrom": lambda q, k, v: nystrom_attention(q, k, v, landmarks=min(landmarks, k.shape[-2])),
     }
 
 
@@ -72,6 +74,16 @@ class _PeakMemory:
     def __init__(self, device):
         self.cuda = device.type == "cuda"
         self.linux = pathlib.Path("/proc/self/clear_refs").exists()
+        self.libc = None
+        if self.linux and not self.cuda:
+            try:
+                self.libc = ctypes.CDLL("libc.so.6")
+            except OSError:
+                pass
+
+    def _mmap_threshold(self, size):
+        if self.libc is not None and hasattr(self.libc, "mallopt"):
+            self.libc.mallopt(M_MMAP_THRESHOLD, size)
 
     def _rss(self, field):
         for line in pathlib.Path("/proc/self/status").read_text().splitlines():
@@ -85,6 +97,9 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         elif self.linux:
+            self._mmap_threshold(128 * 1024)  # large blocks come fresh from the system
+            if self.libc is not None and hasattr(self.libc, "malloc_trim"):
+                self.libc.malloc_trim(0)  # free memory kept by malloc goes back: reuse shows again
             pathlib.Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
             self.base = self._rss("VmRSS:")
         return self
@@ -95,17 +110,20 @@ class _PeakMemory:
             self.bytes = torch.cuda.max_memory_allocated() - self.base
         elif self.linux:
             self.bytes = max(0, self._rss("VmHWM:") - self.base)
+            self._mmap_threshold(32 * 2**20)  # glibc's largest default: fast reuse for timing
         else:
             self.bytes = float("nan")
 
 
-def measure(fn, q, k, v, *, repeats=3, min_time=0.0):
-    """(median seconds, peak extra bytes) of ``fn(q, k, v)`` after one warm-up call."""
+def measure(fn, q, k, v, *, repeats=3, min_time=0.0, reference=None):
+    """(median seconds, peak extra bytes, max |output - reference|) of ``fn(q, k, v)``,
+    after one warm-up call; the error is None without a reference."""
     with torch.no_grad():
         fn(q, k, v)
         with _PeakMemory(q.device) as peak:
             out = fn(q, k, v)
-            del out
+        error = None if reference is None else (out - reference).abs().max().item()
+        del out
         times, spent = [], 0.0
         while len(times) < repeats or spent < min_time:
             if q.device.type == "cuda":
@@ -116,7 +134,7 @@ def measure(fn, q, k, v, *, repeats=3, min_time=0.0):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
             spent += times[-1]
-    return statistics.median(times), peak.bytes
+    return statistics.median(times), peak.bytes, error
 
 
 def growth_exponent(sizes, values):
@@ -157,13 +175,18 @@ def run(sizes=DEFAULT_SIZES, *, batch=1, heads=8, dim=64, device="cpu", dtype=to
         g = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(batch, heads, n, dim, generator=g).to(device=device, dtype=dtype)
                    for _ in range(3))
+        with torch.no_grad():
+            reference = table["sdpa"](q, k, v)
         for name in names:
             if name == "naive" and _naive_bytes(batch, heads, n, itemsize) > budget:
-                rows.append({"kernel": name, "n": n, "seconds": None, "bytes": None, "skipped": "memory"})
+                rows.append({"kernel": name, "n": n, "seconds": None, "bytes": None, "error": None,
+                             "skipped": "memory"})
                 continue
-            seconds, peak = measure(table[name], q, k, v, repeats=repeats)
-            rows.append({"kernel": name, "n": n, "seconds": seconds, "bytes": peak})
-            log(f"  n={n:>6} {name:>9}: {seconds * 1e3:9.2f} ms, {peak / 2**20:9.1f} MiB")
+            seconds, peak, error = measure(table[name], q, k, v, repeats=repeats, reference=reference)
+            rows.append({"kernel": name, "n": n, "seconds": seconds, "bytes": peak, "error": error})
+            log(f"  n={n:>6} {name:>9}: {seconds * 1e3:9.2f} ms, {peak / 2**20:9.1f} MiB, "
+                f"max error {error:.1e}")
+        del q, k, v, reference
     return summarise(rows, names, list(sizes), config=dict(batch=batch, heads=heads, dim=dim,
                                                             device=str(device), dtype=str(dtype),
                                                             features=features, landmarks=landmarks))
@@ -189,22 +212,30 @@ def summarise(rows, names, sizes, config):
     return {"config": config, "sizes": sizes, "rows": rows, "summary": summary}
 
 
+def _table(title, sizes, summary, key, exponent, extra=None):
+    lines = [title, f"{'kernel':>10} " + " ".join(f"{n:>7}" for n in sizes) + "  exponent"
+             + (f"  {extra[0]:>9}" if extra else "")]
+    for name, s in summary.items():
+        cells = " ".join(f"{r:7.2f}" if r is not None else f"{'-':>7}" for r in s[key])
+        tail = f"{s[exponent]:10.2f}" + (f"  {extra[1](s):>9}" if extra else "")
+        lines.append(f"{name:>10} {cells}{tail}")
+    return lines
+
+
 def report(result):
-    """The results as a text table: time and memory ratios to SDPA, exponents, crossovers."""
-    sizes, summary = result["sizes"], result["summary"]
-    lines = ["time / SDPA time"]
-    head = f"{'kernel':>10} " + " ".join(f"{n:>7}" for n in sizes) + "   exponent  crossover"
-    for what, key, exp in (("time", "time_ratio", "time_exponent"), ("memory", "memory_ratio", "memory_exponent")):
-        lines = lines if what == "time" else lines + ["", "peak memory / SDPA peak memory"]
-        lines.append(head if what == "time" else head.replace("  crossover", ""))
-        for name, s in summary.items():
-            cells = " ".join(f"{r:7.2f}" if r is not None else f"{'-':>7}" for r in s[key])
-            tail = f"{s[exp]:10.2f}"
-            if what == "time":
-                tail += f"  {s['crossover'] if s['crossover'] else '-':>9}"
-            lines.append(f"{name:>10} {cells} {tail}")
-    sdpa = {r["n"]: r for r in result["rows"] if r["kernel"] == "sdpa"}
-    lines += ["", "SDPA itself: " + ", ".join(f"n={n}: {sdpa[n]['seconds'] * 1e3:.1f} ms" for n in sizes)]
+    """The results as text: time and memory ratios to SDPA, growth exponents, crossovers, errors."""
+    sizes, summary, rows = result["sizes"], result["summary"], result["rows"]
+    lines = _table("time / SDPA time", sizes, summary, "time_ratio", "time_exponent",
+                   ("crossover", lambda s: s["crossover"] or "-"))
+    lines += [""] + _table("peak memory / SDPA peak memory", sizes, summary, "memory_ratio", "memory_exponent")
+    sdpa = {r["n"]: r for r in rows if r["kernel"] == "sdpa"}
+    lines += ["", "SDPA itself: " + ", ".join(f"n={n}: {sdpa[n]['seconds'] * 1e3:.1f} ms, "
+                                             f"{sdpa[n]['bytes'] / 2**20:.1f} MiB" for n in sizes)]
+    errors = {}
+    for r in rows:
+        if r.get("error") is not None:
+            errors[r["kernel"]] = max(errors.get(r["kernel"], 0.0), r["error"])
+    lines += ["largest |output - SDPA output|: " + ", ".join(f"{k} {e:.1e}" for k, e in errors.items())]
     return "\n".join(lines)
 
 
@@ -222,9 +253,6 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
     args = p.parse_args(argv)
-    if args.device == "cpu" and ENV_MMAP not in os.environ and pathlib.Path("/proc/self/status").exists():
-        os.environ[ENV_MMAP] = str(128 * 1024)  # large blocks go back to the system when freed
-        os.execv(sys.executable, [sys.executable, "-m", "attnbook.bench", *sys.argv[1:]])
     sizes = args.sizes or (DEFAULT_SIZES if args.device == "cpu" else DEFAULT_SIZES + (32768, 65536))
     print(f"attnbook.bench: B={args.batch}, H={args.heads}, d={args.dim}, {args.dtype} on {args.device}")
     result = run(sizes, batch=args.batch, heads=args.heads, dim=args.dim, device=args.device,

@@ -48,7 +48,7 @@ def _check_step(state, scores_block, value_block):
             raise ValueError(f"state {name} must have shape {want[name]} for these blocks, got {got}")
 
 
-def online_softmax_step(state, scores_block, value_block, *, base2=False):
+def online_softmax_step(state, scores_block, value_block, *, base2=False, overwrite=False):
     """Fold one block of keys into the running state: m' = max(m, rowmax S),
     l' = e^{m−m'} l + rowsum e^{S−m'}, acc' = e^{m−m'} acc + e^{S−m'} V.
 
@@ -59,21 +59,25 @@ def online_softmax_step(state, scores_block, value_block, *, base2=False):
     softmax(S) V over the keys seen so far. The max m only keeps e^{S−m} ≤ 1 (no overflow);
     it cancels in acc / l, so it is detached from autograd. With ``base2`` every e^x becomes
     2^x, for scores already multiplied by log₂ e (2^{s·log₂ e} = e^s, and 2^x is cheaper).
+    With ``overwrite`` the scores block becomes scratch space for e^{S−m'} (one tile less
+    allocated per step: :func:`tiled_attention` does so). A row with no allowed key keeps
+    m at the dtype's lowest finite value, so that no step computes −inf − (−inf).
     Cost O(Lq·b·dv) time, O(Lq·b) memory. Explained in §5.3.
     """
     _check_step(state, scores_block, value_block)
+    lowest = torch.finfo(scores_block.dtype).min
+    row_max = scores_block.amax(dim=-1, keepdim=True).detach()
     if state is None:
-        rows = scores_block.shape[:-1]
-        m = scores_block.new_full((*rows, 1), -math.inf)
-        l = scores_block.new_zeros((*rows, 1))
-        acc = scores_block.new_zeros((*rows, value_block.shape[-1]))
+        m_new = row_max.clamp_min(lowest)
+        rescale = l = acc = None
     else:
         m, l, acc = state
-    exp = torch.exp2 if base2 else torch.exp
-    m_new = torch.maximum(m, scores_block.amax(dim=-1, keepdim=True)).detach()
-    shift = m_new.nan_to_num(neginf=0.0)  # a row with no allowed key yet has m' = −inf: use 0
-    rescale = exp(m - shift)  # e^{m−m'}: 0 while m = −inf
-    p = exp(scores_block - shift)  # e^{S−m'}: 0 where a key is masked
+        m_new = torch.maximum(m, row_max)
+        rescale = torch.exp2(m - m_new) if base2 else torch.exp(m - m_new)  # e^{m−m'}
+    p = scores_block.sub_(m_new) if overwrite else scores_block - m_new
+    p = p.exp2_() if base2 else p.exp_()  # e^{S−m'}: 0 where a key is masked
+    if state is None:
+        return m_new, p.sum(dim=-1, keepdim=True), p @ value_block
     l_new = torch.addcmul(p.sum(dim=-1, keepdim=True), rescale, l)  # e^{m−m'} l + rowsum e^{S−m'}
     acc_new = torch.addcmul(p @ value_block, rescale, acc)  # e^{m−m'} acc + e^{S−m'} V
     return m_new, l_new, acc_new
@@ -187,7 +191,7 @@ def tiled_attention(query, key, value, mask=None, *, block_q=256, block_k=128, i
             cols = slice(j * block_k, j * block_k + key_blocks[j].shape[-1])
             scores = query_block @ key_blocks[j]  # (..., ≤ block_q, ≤ block_k): one tile
             scores = _mask_tile(scores, mask, rows, cols, is_causal)
-            state = online_softmax_step(state, scores, value_blocks[j], base2=True)
+            state = online_softmax_step(state, scores, value_blocks[j], base2=True, overwrite=True)
         outputs.append(finish(state))
         if return_lse:
             lses.append(log_sum_exp(state, base2=True))
