@@ -54,3 +54,16 @@ def test_main_writes_json(tmp_path):
                        "--kernels", "tiled", "linear", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert set(data["summary"]) == {"sdpa", "tiled", "linear"}
+
+
+def test_time_ratios_are_per_round_medians(monkeypatch):
+    """A kernel twice as slow as SDPA in every round has ratio 2 even if the load changes."""
+    load = iter([1.0, 2.0, 10.0, 20.0, 3.0, 6.0])  # rounds: (sdpa, tiled) under changing load
+    monkeypatch.setattr(bench, "_seconds", lambda fn, q, k, v: next(load))
+    rounds = bench.time_rounds({"sdpa": None, "tiled": None}, None, None, None, repeats=3)
+    assert rounds == {"sdpa": [1.0, 10.0, 3.0], "tiled": [2.0, 20.0, 6.0]}
+
+
+def test_repeats_must_be_positive():
+    with pytest.raises(ValueError, match="repeats"):
+        bench.run((16,), repeats=0, log=lambda *_: None)

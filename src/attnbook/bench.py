@@ -2,7 +2,8 @@
 
 Run ``python -m attnbook.bench`` (``--help`` for options). For each sequence length n it
 measures each kernel on query, key and value of shape (B, H, n, d), prints the time and peak
-memory as ratios to SDPA measured in the same run, fits the log-log growth exponent of time
+memory as ratios to SDPA measured in the same run (the kernels take turns, round after round,
+so that a change of the machine's load affects them alike), fits the log-log growth exponent of time
 and memory against n, reports the crossover lengths (the first n from which a kernel is faster
 than SDPA), and writes everything as JSON. Explained in §5.2 and §5.3.
 
@@ -10,8 +11,7 @@ Memory is the peak extra memory of one call: on CUDA ``torch.cuda.max_memory_all
 the CPU the rise of the process's peak resident memory (Linux ``VmHWM``, reset before the
 call), with glibc's malloc first returning the memory it keeps to the system and, for that
 call only, mapping every block of 128 KiB or more afresh, so that each large tensor shows in
-the resident memory. Timings are
-taken in separate calls, with malloc's usual settings.
+the resident memory. Timings are taken in separate calls, with malloc's usual settings.
 """
 import argparse
 import ctypes
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from . import _checks
 from .attention import attention
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -115,26 +116,52 @@ class _PeakMemory:
             self.bytes = float("nan")
 
 
-def measure(fn, q, k, v, *, repeats=3, min_time=0.0, reference=None):
-    """(median seconds, peak extra bytes, max |output - reference|) of ``fn(q, k, v)``,
-    after one warm-up call; the error is None without a reference."""
+def _seconds(fn, q, k, v):
+    """Wall-clock seconds of one call (synchronising CUDA before and after)."""
+    if q.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(q, k, v)
+    if q.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_and_error(fn, q, k, v, *, reference=None):
+    """(peak extra bytes, max |output - reference|) of one call of ``fn(q, k, v)`` after a
+    warm-up call; the error is None without a reference."""
     with torch.no_grad():
         fn(q, k, v)
         with _PeakMemory(q.device) as peak:
             out = fn(q, k, v)
         error = None if reference is None else (out - reference).abs().max().item()
-        del out
-        times, spent = [], 0.0
-        while len(times) < repeats or spent < min_time:
-            if q.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn(q, k, v)
-            if q.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-            spent += times[-1]
-    return statistics.median(times), peak.bytes, error
+    return peak.bytes, error
+
+
+def measure(fn, q, k, v, *, repeats=3, min_time=0.0, reference=None):
+    """(median seconds, peak extra bytes, max |output - reference|) of ``fn(q, k, v)``:
+    at least ``repeats`` timed calls and ``min_time`` seconds, after :func:`peak_and_error`."""
+    _checks.positive(repeats, "repeats", integer=True)
+    peak, error = peak_and_error(fn, q, k, v, reference=reference)
+    times = []
+    with torch.no_grad():
+        while len(times) < repeats or sum(times) < min_time:
+            times.append(_seconds(fn, q, k, v))
+    return statistics.median(times), peak, error
+
+
+def time_rounds(fns, q, k, v, *, repeats=3):
+    """{name: [seconds of each round]}: every function timed once per round, in turn.
+
+    Interleaving the kernels makes their ratios robust to a machine whose load changes
+    during the run: a slow moment slows every kernel of that round alike.
+    """
+    rounds = {name: [] for name in fns}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                rounds[name].append(_seconds(fn, q, k, v))
+    return rounds
 
 
 def growth_exponent(sizes, values):
@@ -157,8 +184,9 @@ def crossover(sizes, ratios):
 
 
 def run(sizes=DEFAULT_SIZES, *, batch=1, heads=8, dim=64, device="cpu", dtype=torch.float32,
-        kernels=None, repeats=3, features=256, landmarks=64, memory_fraction=0.25, log=print):
+        kernels=None, repeats=5, features=256, landmarks=64, memory_fraction=0.25, log=print):
     """Measure every kernel at every size; return the results as a dict (see the module doc)."""
+    _checks.positive(repeats, "repeats", integer=True)
     device = torch.device(device)
     table = _kernels(features, landmarks)
     names = list(kernels or table)
@@ -177,15 +205,21 @@ def run(sizes=DEFAULT_SIZES, *, batch=1, heads=8, dim=64, device="cpu", dtype=to
                    for _ in range(3))
         with torch.no_grad():
             reference = table["sdpa"](q, k, v)
+        measured = {}
         for name in names:
             if name == "naive" and _naive_bytes(batch, heads, n, itemsize) > budget:
                 rows.append({"kernel": name, "n": n, "seconds": None, "bytes": None, "error": None,
-                             "skipped": "memory"})
+                             "ratio": None, "skipped": "memory"})
                 continue
-            seconds, peak, error = measure(table[name], q, k, v, repeats=repeats, reference=reference)
-            rows.append({"kernel": name, "n": n, "seconds": seconds, "bytes": peak, "error": error})
-            log(f"  n={n:>6} {name:>9}: {seconds * 1e3:9.2f} ms, {peak / 2**20:9.1f} MiB, "
-                f"max error {error:.1e}")
+            peak, error = peak_and_error(table[name], q, k, v, reference=reference)
+            measured[name] = {"kernel": name, "n": n, "bytes": peak, "error": error}
+        rounds = time_rounds({name: table[name] for name in measured}, q, k, v, repeats=repeats)
+        for name, row in measured.items():
+            row["seconds"] = statistics.median(rounds[name])
+            row["ratio"] = statistics.median(t / t0 for t, t0 in zip(rounds[name], rounds["sdpa"]))
+            rows.append(row)
+            log(f"  n={n:>6} {name:>9}: {row['seconds'] * 1e3:9.2f} ms ({row['ratio']:5.2f} x SDPA), "
+                f"{row['bytes'] / 2**20:9.1f} MiB, max error {row['error']:.1e}")
         del q, k, v, reference
     return summarise(rows, names, list(sizes), config=dict(batch=batch, heads=heads, dim=dim,
                                                             device=str(device), dtype=str(dtype),
@@ -195,10 +229,10 @@ def run(sizes=DEFAULT_SIZES, *, batch=1, heads=8, dim=64, device="cpu", dtype=to
 def summarise(rows, names, sizes, config):
     """Ratios to SDPA, growth exponents and crossovers from the raw rows."""
     ref = {r["n"]: r for r in rows if r["kernel"] == "sdpa"}
-    summary = {}
+    summary = {}  # time ratios: the median over rounds of (kernel time / SDPA time in that round)
     for name in names:
         mine = {r["n"]: r for r in rows if r["kernel"] == name}
-        time_ratio = [mine[n]["seconds"] / ref[n]["seconds"] if mine[n]["seconds"] else None for n in sizes]
+        time_ratio = [mine[n]["ratio"] for n in sizes]
         mem_ratio = [mine[n]["bytes"] / ref[n]["bytes"] if mine[n]["bytes"] and ref[n]["bytes"] else None
                      for n in sizes]
         measured = [n for n in sizes if mine[n]["seconds"]]
@@ -250,7 +284,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--kernels", nargs="+", default=None)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds per size (default 5)")
     p.add_argument("--json", default="bench.json", help="where to write the results (default bench.json)")
     args = p.parse_args(argv)
     sizes = args.sizes or (DEFAULT_SIZES if args.device == "cpu" else DEFAULT_SIZES + (32768, 65536))
