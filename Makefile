@@ -11,11 +11,17 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS := --builder html -W -n --keep-going
 NB ?=
 
-.PHONY: book test execute bench-widgets setup chromium clean
+.PHONY: book student test execute bench bench-widgets setup chromium clean
 
 book: setup
 	$(VENV)/bin/jupyter-book build . $(BUILD_FLAGS)
 	@echo "The book is ready: open file://$(CURDIR)/_build/html/index.html"
+
+# The student edition: the same book with every solution removed, in _build/student/.
+student: setup
+	$(PY) scripts/student_config.py _build/student-config/_config.yml
+	$(VENV)/bin/jupyter-book build . --config _build/student-config/_config.yml --path-output _build/student $(BUILD_FLAGS)
+	@echo "The student edition is ready: open file://$(CURDIR)/_build/student/_build/html/index.html"
 
 test: setup chromium
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/sanitize.cfg tests notebooks
@@ -23,6 +29,10 @@ test: setup chromium
 # Re-execute notebooks in place (all, or NB=path/to/one.ipynb) after changing them or attnbook.
 execute: setup
 	$(PY) scripts/execute_notebooks.py $(NB)
+
+# Time and peak memory of every kernel against PyTorch's SDPA, n = 256 ... 16384 (several minutes).
+bench: setup
+	$(PY) -m attnbook.bench --json benchmarks/results/bench-$$($(PY) -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")').json
 
 # How long a widget's live update (compute + redraw) takes on this machine.
 bench-widgets: setup

@@ -182,3 +182,38 @@ def test_static_slider_changes_its_figure(built_book, server, browser):
         context.close()
     assert not errors and not foreign, (errors, foreign)
     assert after and after != before, "moving the slider did not change the figure"
+
+
+@pytest.fixture(scope="session")
+def student_book(tmp_path_factory):
+    """Build the student edition (scripts/student_config.py) like `make student`."""
+    out = tmp_path_factory.mktemp("student")
+    config = out / "config" / "_config.yml"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "student_config.py"), str(config)], check=True,
+                   capture_output=True)
+    jb = pathlib.Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run([str(jb), "build", str(ROOT), "--config", str(config), "--path-output", str(out),
+                             "--builder", "html", "-W", "-n", "--keep-going"], capture_output=True, text=True,
+                            cwd=ROOT)
+    return out / "_build" / "html", result
+
+
+def _count(pages, pattern):
+    return {page.name: len(re.findall(pattern, page.read_text())) for page in pages}
+
+
+def test_student_edition_has_every_exercise_and_no_solution(built_book, student_book):
+    html, _ = built_book
+    student, result = student_book
+    log = result.stdout + result.stderr
+    warnings = [line for line in log.splitlines() if re.search(r"WARNING|ERROR", line)]
+    assert result.returncode == 0 and not warnings, "\n".join(warnings) or log[-3000:]
+    exercise, solution = r'class="exercise admonition', r'class="solution[ "]'
+    full = [p for p in _pages(html) if "notebooks" in p.parts]
+    assert sum(_count(full, solution).values()) > 0, "the full book should show solutions"
+    pages = [student / p.relative_to(html) for p in full]
+    assert _count(pages, exercise) == _count(full, exercise), "the student edition lost an exercise"
+    assert sum(_count(pages, solution).values()) == 0, "the student edition shows a solution"
+    assert not (student / "_sources").exists(), "page sources (which hold the solutions) were copied"
+    assert "student edition" in (student / "index.html").read_text() or \
+        "student edition" in (student / "book" / "preface.html").read_text()

@@ -147,3 +147,264 @@ def test_attention_checks_the_weights_when_they_are_returned(capsys):
     result, line = verdict(capsys, check_attention,
                            lambda q, k, v: (attention(q, k, v)[0], attention(q, k, v)[1].flip(-1)))
     assert result is False and line.startswith("❌ weights")
+
+
+# ---------------------------------------------------------------- sliding-window mask (§3.5)
+
+def _band(lq, lk, window):
+    offset = torch.arange(lq)[:, None] - torch.arange(lk)[None, :]
+    return offset.abs() <= window
+
+
+def test_sliding_window_mask_check_accepts_correct_solutions(capsys):
+    from attnbook.exercises import check_sliding_window_mask
+
+    loops = lambda lq, lk, w: torch.tensor([[abs(i - j) <= w for j in range(lk)] for i in range(lq)])
+    for fn in (_band, loops, lambda lq, lk, w: torch.ones(lq, lk, dtype=torch.bool).tril(w).triu(-w)):
+        assert verdict(capsys, check_sliding_window_mask, fn) == (
+            True, "✅ sliding-window mask is correct on 5 sizes, square and non-square")
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda lq, lk, w: ~_band(lq, lk, w), "inverted"),
+    (lambda lq, lk, w: (torch.arange(lq)[:, None] - torch.arange(lk)).abs() < w, "not <"),
+    (lambda lq, lk, w: _band(lq, lk, w + 1), "too wide by one"),
+    (lambda lq, lk, w: _band(lq, lk, w) & (torch.arange(lq)[:, None] >= torch.arange(lk)), "causal"),
+    (lambda lq, lk, w: _band(lq, lk, w) & (torch.arange(lq)[:, None] <= torch.arange(lk)), "before i"),
+    (lambda lq, lk, w: _band(lk, lq, w), "rows must be queries"),
+    (lambda lq, lk, w: _band(lq, lq, w), r"expected shape \(5, 8\), got \(5, 5\)"),
+    (lambda lq, lk, w: _band(lq, lk, w).float(), "boolean mask"),
+    (lambda lq, lk, w: _band(lq, lk, w).tolist(), "expected a torch.Tensor, got list"),
+    (lambda lq, lk, w: _band(lq, lk, 1), "lq=5, lk=8, window=2: the window is too narrow"),
+    (lambda lq, lk, w: _band(lq, lk, w) ^ (torch.rand(lq, lk) < 0.3), "entries differ"),
+    (lambda lq, lk: _band(lq, lk, 1), "raised TypeError"),
+    ("not a function", "expected a function"),
+])
+def test_sliding_window_mask_check_names_the_mistake(capsys, fn, message):
+    import re
+
+    from attnbook.exercises import check_sliding_window_mask
+
+    result, line = verdict(capsys, check_sliding_window_mask, fn)
+    assert not result
+    assert re.search(message, line), line
+
+
+# ---------------------------------------------------------------- timeline query (§1.3)
+
+def _query(table, field, first, last):
+    chosen = [m for m in table if m.field == field and first <= m.year <= last]
+    return [m.name for m in sorted(chosen, key=lambda m: (m.year, m.month))]
+
+
+def test_timeline_query_check_accepts_correct_solutions(capsys):
+    from attnbook.exercises import check_timeline_query
+    from attnbook.history import milestones
+
+    def library(table, field, first, last):
+        return [m.name for m in milestones(field, (first, last), table=table)]
+
+    for fn in (_query, library, lambda t, f, a, b: tuple(_query(t, f, a, b))):
+        assert verdict(capsys, check_timeline_query, fn) == (
+            True, "✅ timeline query is correct on 5 fields and ranges, one of them empty")
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda t, f, a, b: _query(t, f, a, b - 1), "the last year is left out"),
+    (lambda t, f, a, b: _query(t, f, a + 1, b), "the first year is left out"),
+    (lambda t, f, a, b: [m.name for m in sorted(t, key=lambda m: m.when) if a <= m.year <= b],
+     "other fields are included"),
+    (lambda t, f, a, b: _query(t, f, 1900, 2100), "the years are ignored"),
+    (lambda t, f, a, b: [m.name for m in t if m.field == f and a <= m.year <= b], "not in chronological order"),
+    (lambda t, f, a, b: sorted(_query(t, f, a, b)), "not in chronological order"),
+    (lambda t, f, a, b: [m for m in t if m.field == f and a <= m.year <= b], "not the Milestone objects"),
+    (lambda t, f, a, b: set(_query(t, f, a, b)), "expected a list of names (strings), got set"),
+    (lambda t, f, a, b: _query(t, f, a, b) * 2, "more than once"),
+    (lambda t, f, a, b: _query(t, f, a, b)[1:], "missing ['Squeeze-and-excitation'], unexpected []"),
+    (lambda t, f, a, b: t[100], "raised IndexError"),
+    ("not a function", "expected a function"),
+])
+def test_timeline_query_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_timeline_query
+
+    result, line = verdict(capsys, check_timeline_query, fn)
+    assert result is False and message in line, line
+
+
+# ---------------------------------------------------------------- squeeze-and-excitation (§3.6)
+
+def _se(x, w1, b1, w2, b2, *, pool="mean", hidden=True, squash="sigmoid", bias=True, combine="mul"):
+    """Squeeze-and-excitation written from the formula, with switches for the usual mistakes."""
+    z = x.mean(dim=(2, 3)) if pool == "mean" else x.amax(dim=(2, 3))
+    h = z @ w1.T + (b1 if bias else 0)
+    h = torch.relu(h) if hidden else h
+    a = h @ w2.T + (b2 if bias else 0)
+    s = {"sigmoid": torch.sigmoid, "none": lambda t: t, "softmax": lambda t: torch.softmax(t, dim=-1)}[squash](a)
+    return x * s[:, :, None, None] if combine == "mul" else x + s[:, :, None, None]
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_squeeze_excitation_check_accepts_correct_solutions(capsys, seed):
+    from attnbook.exercises import check_squeeze_excitation
+
+    linear = lambda x, w1, b1, w2, b2: x * torch.sigmoid(  # noqa: E731
+        torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(x.mean((-2, -1)), w1, b1)), w2, b2))[..., None, None]
+
+    def with_gate(x, w1, b1, w2, b2):
+        s = torch.sigmoid(torch.relu(x.mean((2, 3)) @ w1.T + b1) @ w2.T + b2)
+        return x * s[:, :, None, None], s
+
+    for fn in (_se, linear, with_gate):
+        assert verdict(capsys, check_squeeze_excitation, fn, seed=seed) == (
+            True, "✅ squeeze-and-excitation is correct")
+
+
+@pytest.mark.parametrize("mistake, message", [
+    (dict(pool="max"), "takes the maximum of each channel"),
+    (dict(hidden=False), "ReLU between the two linear maps is missing"),
+    (dict(squash="none"), "sigmoid is missing"),
+    (dict(squash="softmax"), "softmax over the channels"),
+    (dict(bias=False), "biases b1 and b2 are missing"),
+    (dict(combine="add"), "the gate is added to x"),
+])
+def test_squeeze_excitation_check_names_the_mistake(capsys, mistake, message):
+    from attnbook.exercises import check_squeeze_excitation
+
+    result, line = verdict(capsys, check_squeeze_excitation, lambda *a: _se(*a, **mistake))
+    assert result is False and message in line, line
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda x, w1, b1, w2, b2: torch.sigmoid(torch.relu(x.mean((2, 3)) @ w1.T + b1) @ w2.T + b2),
+     "shape (B, C) of the gate s"),
+    (lambda x, w1, b1, w2, b2: _se(x, w1, b1, w2, b2) * 1.01, "differ from the reference"),
+    (lambda x, w1, b1, w2, b2: x * torch.sigmoid(x.mean((2, 3)) @ w1 + b1), "your function raised"),
+    (lambda x, w1, b1, w2, b2: (_se(x, w1, b1, w2, b2), torch.zeros(2, 6, dtype=x.dtype)), "gate s"),
+    (lambda x, w1, b1, w2, b2: _se(x, w1, b1, w2, b2).tolist(), "expected a torch.Tensor"),
+    ("not a function", "expected a function"),
+])
+def test_squeeze_excitation_check_reports_other_errors(capsys, fn, message):
+    from attnbook.exercises import check_squeeze_excitation
+
+    result, line = verdict(capsys, check_squeeze_excitation, fn)
+    assert result is False and message in line, line
+
+
+# ---------------------------------------------------------------- online softmax step (§5.3)
+
+def _online_step(kind=None):
+    """A student's online softmax step, right (kind None) or with one typical mistake."""
+    def step(state, scores, values):
+        block_max = scores.amax(-1, keepdim=True)
+        if state is None:
+            if kind == "none":
+                raise TypeError("cannot unpack non-iterable NoneType object")
+            p = torch.exp(scores - block_max)
+            return (block_max.squeeze(-1) if kind == "keepdim" else block_max), p.sum(-1, keepdim=True), p @ values
+        m, l, acc = state
+        new = block_max if kind == "block max" else torch.maximum(m, block_max)
+        r, p = torch.exp(m - new), torch.exp(scores - new)
+        l_r, acc_r = {"l": (l, r * acc), "acc": (r * l, acc), "inverted": (l / r, acc / r)}.get(kind, (r * l, r * acc))
+        if kind == "pair":
+            return new, l_r
+        if kind == "shifted":            # a consistent state, but relative to m' − 1 instead of m'
+            r, p = torch.exp(m - new + 1), torch.exp(scores - new + 1)
+            l_r, acc_r = r * l, r * acc
+        return [new, l_r + p.sum(-1, keepdim=True), acc_r + p @ values]
+    return step
+
+
+def test_online_softmax_step_check_accepts_correct_solutions(capsys):
+    from attnbook.exercises import check_online_softmax_step
+    from attnbook.flash import online_softmax_step
+
+    for fn in (online_softmax_step, _online_step(), lambda s, b, v: online_softmax_step(s, b, v, overwrite=True)):
+        for seed in (0, 1):
+            assert verdict(capsys, check_online_softmax_step, fn, seed=seed) == (
+                True, "✅ online softmax step is correct: after 3 blocks acc / l = softmax(S) V")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("l", "l after block 2: values differ .*: l is not rescaled"),
+    ("acc", "acc after block 2: .*acc is not rescaled"),
+    ("inverted", "the rescaling is inverted"),
+    ("block max", "m after block 2: .*not the max of this block alone"),
+    ("keepdim", r"expected shape \(2, 5, 1\), got \(2, 5\): keep the last dimension"),
+    ("none", "block 1: your function raised TypeError.*the first call gets state=None"),
+    ("pair", "return the new state as a tuple \\(m, l, acc\\), got a tuple of 2 values"),
+    ("shifted", "acc / l is right but l is not relative to the running max"),
+])
+def test_online_softmax_step_check_names_the_mistake(capsys, kind, message):
+    import re
+
+    from attnbook.exercises import check_online_softmax_step
+
+    result, line = verdict(capsys, check_online_softmax_step, _online_step(kind))
+    assert result is False and re.search(message, line), line
+
+
+def test_online_softmax_step_check_rejects_a_non_function_and_a_wrong_output(capsys):
+    from attnbook.exercises import check_online_softmax_step
+
+    assert verdict(capsys, check_online_softmax_step, "step") == (False, "❌ expected a function, got str")
+    result, line = verdict(capsys, check_online_softmax_step, lambda s, b, v: (b, b, v))
+    assert result is False and "m after block 1: expected shape (2, 5, 1)" in line
+
+
+# ---------------------------------------------------------------- RoPE (§5.1)
+
+def _rope_complex(x, positions, base=10000.0):
+    """RoPE by complex multiplication: pair (x_2i, x_2i+1) as x_2i + i·x_2i+1, times e^{i m θ_i}."""
+    d = x.shape[-1]
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    turn = torch.polar(torch.ones(len(positions), d // 2, dtype=torch.float64), positions[:, None] * theta)
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (d // 2, 2)).contiguous()) * turn).flatten(-2)
+
+
+def _rope_loop(x, positions):
+    out = x.clone()
+    d = x.shape[-1]
+    for j, m in enumerate(positions.tolist()):
+        for i in range(d // 2):
+            a = m * 10000.0 ** (-2 * i / d)
+            u, v = x[..., j, 2 * i], x[..., j, 2 * i + 1]
+            out[..., j, 2 * i], out[..., j, 2 * i + 1] = u * math.cos(a) - v * math.sin(a), u * math.sin(a) + v * math.cos(a)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_rope_check_accepts_correct_solutions(capsys, seed):
+    from attnbook.exercises import check_rope
+    from attnbook.positions import apply_rope
+
+    for fn in (apply_rope, _rope_complex, _rope_loop, lambda x, p: _rope_complex(x.float(), p)):
+        assert verdict(capsys, check_rope, fn, seed=seed) == (True, "✅ RoPE is correct: every pair turns by m·θ_i")
+
+
+def _neox(x, positions):
+    d = x.shape[-1]
+    first, second = x[..., : d // 2], x[..., d // 2:]
+    angle = positions[:, None].double() * 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    return torch.cat((first * angle.cos() - second * angle.sin(), first * angle.sin() + second * angle.cos()), -1)
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda x, p: x.clone(), "nothing is rotated"),
+    (lambda x, p: _rope_complex(x, -p), "turn the wrong way"),
+    (_neox, "GPT-NeoX layout"),
+    (lambda x, p: _rope_complex(x, p, base=100.0), "the frequencies are base"),
+    (lambda x, p: _rope_complex(x, torch.arange(x.shape[-2])), "positions are ignored"),
+    (lambda x, p: _rope_complex(x, p + 1), "off by one"),
+    (lambda x, p: 2 * _rope_complex(x, p), "length of some pair"),
+    (lambda x, p: _rope_complex(x, p)[..., :4], r"expected shape \(2, 3, 5, 8\), got \(2, 3, 5, 4\)"),
+    (lambda x, p: _rope_complex(x, p.flip(0)), "differ from the reference"),   # lengths kept, angles wrong
+    (lambda x, p: _rope_complex(x, p).tolist(), "expected a torch.Tensor, got list"),
+    (lambda x: x, "raised TypeError"),
+])
+def test_rope_check_names_the_mistake(capsys, fn, message):
+    import re
+
+    from attnbook.exercises import check_rope
+
+    result, line = verdict(capsys, check_rope, fn)
+    assert result is False and re.search(message, line), line

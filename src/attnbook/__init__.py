@@ -21,6 +21,29 @@ module              what it holds                                               
 ``interpret``       rollout, gradients, integrated gradients, Grad-CAM, occlusion  5.4
 ``bench``           time and memory of every kernel against SDPA                 5.2, 5.3
 ==================  ==========================================================  =======
+
+The chapters' data, tiny models and measurements live beside the kernels, one module per
+section, so that a notebook shows only the lines that teach:
+
+==================  ==========================================================  =======
+module              what it holds                                               section
+==================  ==========================================================  =======
+``scenes``          synthetic cat/dog scenes with a head to find                 1.1
+``pooling``         mean, fixed and attention pooling; a patch classifier        1.1
+``seq2seq``         sequence tasks, an RNN encoder-decoder with/without attention 1.2
+``history``         the milestones of attention and the timeline figure          1.3
+``needle``          needle-in-a-haystack retrieval, REINFORCE gradient variance  3.1
+``order``           order-dependent tasks, permutation tests, cross-attention    3.2
+``heads``           a two-relation task, a two-head model, head ablation         3.3
+``images``          synthetic images, row/column masks, score counts             3.4
+``reach``           receptive fields of sparse patterns, LSH bucket statistics   3.5
+``shapes``          synthetic images for segmentation and long-range tasks       3.6
+``convnets``        tiny CNNs and U-Nets with and without attention blocks       3.6
+``train``           seeding and the shared training loop                         all
+``viz``             heatmaps, head grids, arcs between tokens                    all
+``widgets``         the controls and explorers that work in the static book      all
+``exercises``       checks that tell a student whether an answer is right       all
+==================  ==========================================================  =======
 """
 from . import (axial, checkpoint, flash, hard, interpret, linear, lowrank, positions, rnn, sparse,
                transformer, vision)

@@ -143,3 +143,499 @@ def check_value(got, want, *, name="answer", tol=1e-2):
         return _report(False, f"{name}: expected a number, got {got!r}")
     ok = math.isclose(got, float(want), rel_tol=tol, abs_tol=tol * 1e-3)
     return _report(ok, f"{name} is correct" if ok else f"{name}: {got:.4g} is not right; try again")
+
+
+def check_column_attention(fn, seed=0):
+    """Check ``fn(x)`` = column attention of an image x (2, 5, 7, 4), q = k = v = x. §3.4.
+
+    y[r, c] = Σ_r' softmax_r'(x[r, c]·x[r', c] / √C) x[r', c]: each of the W = 7 columns is a
+    sequence of H = 5 pixels. ``fn`` returns the output (2, 5, 7, 4), or (output, weights).
+    """
+    from .axial import column_attention, row_attention
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 5, 7, 4, generator=g, dtype=torch.float64)
+    try:
+        got = _run(fn, x)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    if isinstance(got, tuple) and got:
+        got = got[0]
+    want = column_attention(x)[0]
+    if isinstance(got, torch.Tensor) and got.shape == x.transpose(-3, -2).shape != x.shape:
+        return _report(False, f"output: expected shape {tuple(want.shape)} (..., H, W, C), got "
+                              f"{tuple(got.shape)}: transpose the columns back to (..., H, W, C)")
+    cols = x.transpose(-3, -2)                       # (2, W, H, C): each column a sequence
+    over_queries = torch.softmax(cols @ cols.mT / 2.0, dim=-2) @ cols
+    return _verdict(_compare(got, want, "output"), [
+        (lambda: _close(got, row_attention(x)[0]),
+         "your function attends along the rows; column attention mixes the H pixels of a column (axis -3)"),
+        (lambda: _close(got, column_attention(x, scale=1.0)[0]),
+         "the output matches column attention without the 1/√C scale"),
+        (lambda: _close(got, over_queries.transpose(-3, -2)),
+         "the softmax runs over the queries; it must run over the keys r' of each column"),
+    ], "column attention is correct")
+
+
+def check_sliding_window_mask(fn):
+    """Check ``fn(lq, lk, window)`` = the mask m_ij = (|i − j| ≤ window), True = may attend. §3.5.
+
+    Runs ``fn`` on square and non-square sizes (Lq ≠ Lk both ways) and windows 0 to 3 and
+    compares with :func:`attnbook.masks.sliding_window_mask`; names the usual mistakes
+    (an inverted mask, < instead of ≤, a one-sided window, swapped axes, a non-boolean mask).
+    """
+    from .masks import sliding_window_mask
+
+    cases = [(6, 6, 1), (5, 8, 2), (8, 5, 1), (7, 7, 0), (4, 9, 3)]
+    for lq, lk, window in cases:
+        where = f"lq={lq}, lk={lk}, window={window}"
+        if not callable(fn):
+            return _report(False, f"expected a function, got {type(fn).__name__}")
+        try:
+            got = fn(lq, lk, window)
+        except Exception as error:  # noqa: BLE001 - any error of the student's code is reported
+            return _report(False, f"your function raised {type(error).__name__}: {error} (called with {where})")
+        want = sliding_window_mask(lq, lk, window=window)
+        if not isinstance(got, torch.Tensor):
+            return _report(False, f"{where}: expected a torch.Tensor, got {type(got).__name__}")
+        if got.shape != want.shape:
+            swapped = " (rows must be queries, columns keys)" if got.shape == want.shape[::-1] else ""
+            return _report(False, f"{where}: expected shape {tuple(want.shape)}, got {tuple(got.shape)}{swapped}")
+        if got.dtype != torch.bool:
+            return _report(False, f"{where}: expected a boolean mask (True = may attend), got dtype {got.dtype}")
+        if torch.equal(got, want):
+            continue
+        offset = torch.arange(lq)[:, None] - torch.arange(lk)
+        mistakes = [
+            (~want, "the mask is inverted: True must mean 'may attend'"),
+            (offset.abs() < window, "the window is too narrow: use |i − j| ≤ window, not <"),
+            (offset.abs() <= window + 1, "the window is too wide by one: use |i − j| ≤ window"),
+            ((offset >= 0) & (offset <= window), "the window is one-sided (causal): keys after i are missing"),
+            ((offset <= 0) & (offset >= -window), "the window is one-sided: keys before i are missing"),
+        ]
+        why = next((message for mask, message in mistakes if torch.equal(got, mask)), None)
+        wrong = int((got != want).sum())
+        return _report(False, f"{where}: {why or f'{wrong} entries differ from |i − j| ≤ window'}")
+    return _report(True, f"sliding-window mask is correct on {len(cases)} sizes, square and non-square")
+
+
+def check_cross_attention(fn, seed=0):
+    """Check ``fn(target, source, w_q, w_k, w_v)`` = softmax((Y W_Q)(X W_K)ᵀ / √d) (X W_V). §3.2.
+
+    Queries come from the target Y (2, 5, 6), keys and values from the source X (2, 7, 4);
+    w_q (6, 8), w_k (4, 8), w_v (4, 3): the output must be (2, 5, 3), one row per target
+    position, and the weights (if returned as a second value) (2, 5, 7).
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(2, 5, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 7, 4, generator=g, dtype=torch.float64)
+    w_q, w_k = (torch.randn(n, 8, generator=g, dtype=torch.float64) for n in (6, 4))
+    w_v = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    try:
+        got = _run(fn, y, x, w_q, w_k, w_v)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    q, k, v = y @ w_q, x @ w_k, x @ w_v
+    out, weights = attention(q, k, v)
+    problem = None
+    if isinstance(got, tuple):
+        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
+        if got_weights is not None:
+            problem = _compare(got_weights, weights, "weights")
+    problem = _compare(got, out, "output") or problem
+    if problem is not None and problem[0] == "shape" and tuple(got.shape) == (2, 7, 3):
+        problem = ("shape", "output has one row per *source* position (2, 7, 3): the queries must come "
+                            "from the target, giving one row per target position (2, 5, 3)")
+    return _verdict(problem, [
+        (lambda: _close(got, attention(q, k, v, scale=1.0)[0]),
+         "the output matches cross-attention without the 1/√d scale"),
+        (lambda: _close(got, attention(q, k, v, scale=1 / 8)[0]),
+         "the scores are divided by d instead of √d"),
+        (lambda: _close(got, torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5, dim=-2) @ v),
+         "the softmax runs over the queries (dim -2); it must run over the source positions (dim -1)"),
+    ], "cross-attention is correct")
+
+
+def check_reinforce_loss(fn, seed=0):
+    """Check ``fn(log_prob, reward, baseline)`` = −mean((R − b)·log p), R and b held constant. §3.1.
+
+    log_prob and reward have shape (4, 3) and both require a gradient; baseline is a number.
+    The loss must be a scalar whose gradient reaches log_prob only.
+    """
+    from .hard import reinforce_loss
+
+    g = torch.Generator().manual_seed(seed)
+    log_prob = (torch.rand(4, 3, generator=g, dtype=torch.float64) * 0.9 + 0.05).log().requires_grad_()
+    reward = (torch.rand(4, 3, generator=g, dtype=torch.float64) < 0.5).double().requires_grad_()
+    baseline = 0.3
+    try:
+        got = _run(fn, log_prob, reward, baseline)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    want = reinforce_loss(log_prob, reward, baseline)
+    problem = _compare(got, want, "loss")
+    grads = (None, None)
+    if problem is None and got.requires_grad:
+        grads = torch.autograd.grad(got, (log_prob, reward), allow_unused=True)
+    if problem is None and grads[0] is None:
+        problem = ("grad", "the loss has no gradient: keep log_prob in the graph (do not detach it)")
+    elif problem is None and grads[1] is not None and grads[1].abs().max() > 0:
+        problem = ("grad", "the gradient also flows into the reward: the reward is a constant "
+                           "weight, use reward.detach()")
+    elif problem is None and not _close(grads[0], -(reward.detach() - baseline) / reward.numel()):
+        problem = ("grad", "the gradient with respect to log_prob is not −(R − b)/N")
+    with torch.no_grad():
+        return _verdict(problem, [
+            (lambda: _close(got, -want), "the sign is flipped: the loss is −(R − b)·log p, so that "
+                                         "minimising it raises the probability of good samples"),
+            (lambda: _close(got, reinforce_loss(log_prob, reward)), "the baseline is not subtracted"),
+            (lambda: _close(got, want * log_prob.numel()), "the loss is a sum: take the mean"),
+            (lambda: _close(got, -((reward + baseline) * log_prob).mean()),
+             "the baseline is added: use R − b"),
+        ], "REINFORCE loss is correct")
+
+
+def check_bahdanau_scores(fn, seed=0):
+    """Check ``fn(state, keys, W, U, v)`` = e_j = vᵀ tanh(W s + U h_j), Bahdanau's score. §1.2.
+
+    state s (2, 5), keys h (2, 7, 6), W (4, 5), U (4, 6), v (4,) -> scores (2, 7); the
+    sizes differ so that a transposed weight or a swapped argument fails loudly.
+    """
+    from .scores import additive_scores
+
+    g = torch.Generator().manual_seed(seed)
+    s, h = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((2, 5), (2, 7, 6)))
+    w, u, v = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in ((4, 5), (4, 6), (4,)))
+    try:
+        got = _run(fn, s, h, w, u, v)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    want = additive_scores(s[:, None], h, w, u, v)[:, 0]
+    ws, uh = (s @ w.T)[:, None], h @ u.T
+    return _verdict(_compare(got, want, "scores"), [
+        (lambda: _close(got, torch.softmax(want, dim=-1)),
+         "these are the weights softmax_j(e_j); return the scores e_j before the softmax"),
+        (lambda: _close(got, (ws + uh) @ v), "the tanh is missing: e_j = vᵀ tanh(W s + U h_j)"),
+        (lambda: _close(got, (torch.tanh(ws) + torch.tanh(uh)) @ v),
+         "tanh is applied to W s and U h_j separately; apply it to their sum"),
+        (lambda: _close(got, torch.tanh((ws + uh) @ v)), "v must come after the tanh: vᵀ tanh(...)"),
+    ], "Bahdanau scores are correct")
+
+
+def check_split_heads(split, merge=None, seed=0):
+    """Check ``split(x, heads)``: (B, L, h·d) -> (B, h, L, d), head i holding the features
+    i·d .. (i+1)·d - 1 of every position, on x (2, 5, 12) with h = 3 (so d = 4). With ``merge``
+    also check ``merge(heads)``: (B, h, L, d) -> (B, L, h·d), the inverse. §3.3."""
+    from .multihead import merge_heads, split_heads
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 5, 12, generator=g, dtype=torch.float64)
+    want = split_heads(x, 3)
+    try:
+        got = _run(split, x, 3)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    if isinstance(got, torch.Tensor) and got.shape == (2, 5, 3, 4):
+        return _report(False, "split: shape (2, 5, 3, 4) is (B, L, h, d); move the head axis before "
+                              "the positions, e.g. with .transpose(1, 2), to get (B, h, L, d)")
+    ok = _verdict(_compare(got, want, "split"), [
+        (lambda: _close(got, x.reshape(2, 3, 5, 4)),
+         "split: x.reshape(B, h, L, d) cuts the flat memory into blocks that mix positions; "
+         "reshape to (B, L, h, d) first, then swap the L and h axes"),
+        (lambda: _close(got, x.unflatten(-1, (4, 3)).permute(0, 3, 1, 2)),
+         "split: your head i takes every h-th feature (i, i + h, …); it must take the "
+         "contiguous block i·d .. (i+1)·d - 1"),
+    ], "split_heads is correct")
+    if not ok or merge is None:
+        return ok
+    try:
+        merged = _run(merge, want)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    return _verdict(_compare(merged, merge_heads(want), "merge"), [
+        (lambda: _close(merged, want.reshape(2, 5, 12)),
+         "merge: reshaping (B, h, L, d) straight to (B, L, h·d) mixes positions; swap the h and L "
+         "axes first (and call .contiguous() or use .reshape)"),
+    ], "split_heads and merge_heads are correct: merge(split(x)) == x")
+
+
+def check_attention_pool(fn, seed=0):
+    """Check ``fn(x, scores, mask)`` = (Σ_i a_i x_i, a) with a = softmax of the allowed scores. §1.1.
+
+    x (3, 7, 5), scores (3, 7), mask (3, 7) boolean (True = may attend), one row fully
+    masked (its weights and output must be zero). ``fn`` returns (pooled (3, 5), weights (3, 7))
+    or only the pooled vectors.
+    """
+    from .pooling import attention_pool
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    scores = torch.randn(3, 7, generator=g, dtype=torch.float64)
+    mask = torch.rand(3, 7, generator=g) > 0.3
+    mask[:2, 0] = True
+    mask[2] = False
+    try:
+        got = _run(fn, x, scores, mask)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    pooled, weights = attention_pool(x, scores, mask)
+    problem = None
+    if isinstance(got, tuple):
+        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
+        if got_weights is not None:
+            problem = _compare(got_weights, weights, "weights")
+    problem = _compare(got, pooled, "pooled output") or problem
+    if problem and problem[0] == "nan" and _close(got[:2], pooled[:2]):
+        problem = ("nan", "row 2 has no allowed position and came out NaN: give it zero weights "
+                          "and a zero output")
+    e = torch.exp(scores) * mask
+    return _verdict(problem, [
+        (lambda: _close(got[:2], attention_pool(x, scores, ~mask)[0][:2]),
+         "the mask is inverted: True must mean 'may attend'"),
+        (lambda: _close(got[:2], attention_pool(x, scores)[0][:2]),
+         "the mask is ignored: masked positions must get weight 0"),
+        (lambda: _close(got[:2], (e.unsqueeze(-1) * x).sum(1)[:2]),
+         "the weights are not normalised: divide by their sum so that they add up to 1"),
+        (lambda: _close(got[:2], attention_pool(x, torch.zeros_like(scores), mask)[0][:2]),
+         "this is the plain (masked) average: the weights must come from the scores"),
+        (lambda: _close(got[:2], (torch.softmax(scores.masked_fill(~mask, float("-inf")), 0)
+                                  .nan_to_num().unsqueeze(-1) * x).sum(1)[:2]),
+         "the softmax runs over the batch (dim 0); it must run over the positions (dim -1)"),
+    ], "attention pooling is correct, including the fully masked row")
+
+
+def check_timeline_query(fn):
+    """Check ``fn(table, field, first, last)`` = the short names of the milestones of ``field``
+    dated first <= year <= last, in chronological order (by year, then month). §1.3.
+
+    ``table`` is a list of :class:`attnbook.history.Milestone`: a shuffled copy of
+    :data:`attnbook.history.MILESTONES`, so that the table's own order cannot stand in for
+    sorting. Runs five fields and ranges, one with no milestone (the answer is then []),
+    and names the usual mistakes (an end of the range left out, the field or the years
+    ignored, objects instead of names, the wrong order).
+    """
+    from .history import MILESTONES, Milestone
+
+    order = torch.randperm(len(MILESTONES), generator=torch.Generator().manual_seed(0)).tolist()
+    table = [MILESTONES[i] for i in order]
+    when = {m.name: (m.year, m.month) for m in MILESTONES}
+
+    def names(keep):
+        return sorted(m.name for m in table if keep(m))
+
+    cases = [("vision", 2017, 2019), ("language", 2014, 2017), ("efficiency", 2020, 2020),
+             ("speech", 2016, 2017), ("multimodal", 2014, 2023)]
+    for field, first, last in cases:
+        where = f"field={field!r}, first={first}, last={last}"
+        if not callable(fn):
+            return _report(False, f"expected a function, got {type(fn).__name__}")
+        try:
+            got = fn(list(table), field, first, last)
+        except Exception as error:  # noqa: BLE001 - any error of the student's code is reported
+            return _report(False, f"your function raised {type(error).__name__}: {error} (called with {where})")
+        want = names(lambda m: m.field == field and first <= m.year <= last)
+        if isinstance(got, (list, tuple)) and any(isinstance(g, Milestone) for g in got):
+            return _report(False, f"{where}: return the short names (m.name), not the Milestone objects")
+        if not isinstance(got, (list, tuple)) or not all(isinstance(g, str) for g in got):
+            return _report(False, f"{where}: expected a list of names (strings), got {type(got).__name__}"
+                                  + ("" if not isinstance(got, (list, tuple)) else " holding other things"))
+        if len(set(got)) != len(got):
+            return _report(False, f"{where}: some names appear more than once")
+        if sorted(got) == want:
+            dates = [when[n] for n in got]
+            if dates != sorted(dates):
+                return _report(False, f"{where}: the names are not in chronological order: sort the "
+                                      "milestones by (year, month)")
+            continue
+        mistakes = [
+            (lambda m: m.field == field and first <= m.year < last,
+             "the last year is left out: the range includes both ends, first <= year <= last"),
+            (lambda m: m.field == field and first < m.year <= last,
+             "the first year is left out: the range includes both ends, first <= year <= last"),
+            (lambda m: first <= m.year <= last, "milestones of other fields are included: keep m.field == field"),
+            (lambda m: m.field == field, "the years are ignored: keep first <= m.year <= last"),
+        ]
+        why = next((message for keep, message in mistakes if sorted(got) == names(keep)), None)
+        if why is None:
+            missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+            why = f"missing {missing}, unexpected {extra}"
+        return _report(False, f"{where}: {why}")
+    return _report(True, f"timeline query is correct on {len(cases)} fields and ranges, one of them empty")
+
+
+def check_squeeze_excitation(fn, seed=0):
+    """Check ``fn(x, w1, b1, w2, b2)`` = squeeze-and-excitation: y = x · s, s = σ(W₂ ReLU(W₁ z + b₁) + b₂). §3.6.
+
+    z (B, C) is the mean of each channel over H and W (global average pooling). The check
+    uses x (2, 6, 5, 7), so C = 6, H = 5, W = 7, and a bottleneck of C/r = 3 units:
+    w1 (3, 6), b1 (3,), w2 (6, 3), b2 (6,) with the layout of ``torch.nn.Linear`` (out, in).
+    ``fn`` returns y (2, 6, 5, 7), or (y, s) with the gate s (2, 6), which is checked too.
+    Names the usual mistakes: max instead of mean pooling, a missing ReLU or sigmoid, a
+    softmax over the channels, missing biases, adding the gate instead of multiplying.
+    """
+    from .vision import SqueezeExcitation
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 6, 5, 7, generator=g, dtype=torch.float64) + 0.5
+    w1, b1 = torch.randn(3, 6, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    w2, b2 = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    try:
+        got = _run(fn, x, w1, b1, w2, b2)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    block = SqueezeExcitation(6, reduction=2).double()
+    with torch.no_grad():
+        for param, value in ((block.reduce.weight, w1), (block.reduce.bias, b1),
+                             (block.expand.weight, w2), (block.expand.bias, b2)):
+            param.copy_(value)
+        want = block(x)
+    gate = block.last_weights
+
+    def se(pool=lambda t: t.mean(dim=(-2, -1)), hidden=torch.relu, squash=torch.sigmoid, bias=True,
+           combine=lambda t, s: t * s[:, :, None, None]):
+        z = pool(x)
+        s = squash((hidden(z @ w1.T + b1 * bias)) @ w2.T + b2 * bias)
+        return combine(x, s)
+
+    problem = None
+    if isinstance(got, tuple):
+        got, got_gate = got[0], (got[1] if len(got) > 1 else None)
+        if got_gate is not None:
+            problem = _compare(got_gate, gate, "gate s")
+    if isinstance(got, torch.Tensor) and got.shape == gate.shape:
+        return _report(False, "output: this has the shape (B, C) of the gate s; return the rescaled "
+                              "feature map y = x · s[:, :, None, None], shape (2, 6, 5, 7)")
+    problem = _compare(got, want, "output") or problem
+    return _verdict(problem, [
+        (lambda: _close(got, se(pool=lambda t: t.amax(dim=(-2, -1)))),
+         "the squeeze takes the maximum of each channel; SE takes the mean (global average pooling)"),
+        (lambda: _close(got, se(hidden=lambda t: t)), "the ReLU between the two linear maps is missing"),
+        (lambda: _close(got, se(squash=lambda t: t)), "the sigmoid is missing: the gates must lie in (0, 1)"),
+        (lambda: _close(got, se(squash=lambda t: torch.softmax(t, dim=-1))),
+         "the gates come from a softmax over the channels; SE uses an independent sigmoid per channel"),
+        (lambda: _close(got, se(bias=False)), "the biases b1 and b2 are missing"),
+        (lambda: _close(got, se(combine=lambda t, s: t + s[:, :, None, None])),
+         "the gate is added to x; SE multiplies each channel by its gate"),
+    ], "squeeze-and-excitation is correct")
+
+
+def _same_ratio(got, want):
+    """True when the student's acc / l equals the reference's (whatever their m, l, acc)."""
+    try:
+        return _close(got[2] / got[1], want[2] / want[1])
+    except Exception:  # noqa: BLE001 - shapes that do not divide: not the same
+        return False
+
+
+def check_online_softmax_step(fn, seed=0):
+    """Check ``fn(state, scores_block, value_block)`` -> (m, l, acc), one online softmax step. §5.3.
+
+    m' = max(m, rowmax S), l' = e^{m−m'} l + rowsum e^{S−m'}, acc' = e^{m−m'} acc + e^{S−m'} V,
+    with state None before the first block. Folds scores (2, 5, 11) and values (2, 11, 3) in
+    blocks of 4, 3 and 4 keys (the second block raises the running max of some rows), feeding
+    your state back to your function; compares the state after every block with
+    :func:`attnbook.flash.online_softmax_step` and acc / l at the end with softmax(S) V.
+    Names the usual mistakes (a missing or inverted rescaling, the block's max instead of the
+    running max, a state that does not keep the last dimension).
+    """
+    from .flash import online_softmax_step
+
+    if not callable(fn):
+        return _report(False, f"expected a function, got {type(fn).__name__}")
+    g = torch.Generator().manual_seed(seed)
+    scores = 2 * torch.randn(2, 5, 11, generator=g, dtype=torch.float64)
+    scores[:, :3, 4:7] += 4.0                       # rows 0-2: the max rises in the second block
+    values = torch.randn(2, 11, 3, generator=g, dtype=torch.float64)
+    state = None
+    for n, (a, b) in enumerate([(0, 4), (4, 7), (7, 11)], start=1):
+        block, vals = scores[..., a:b], values[..., a:b, :]
+        try:
+            got = _run(fn, state, block.clone(), vals)
+        except _Raised as raised:
+            hint = (" (the first call gets state=None: start from m = rowmax S, l = rowsum e^{S−m}, "
+                    "acc = e^{S−m} V)") if state is None else ""
+            return _report(False, f"block {n}: {raised}{hint}")
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            what = (f"a {type(got).__name__} of {len(got)} values" if isinstance(got, (tuple, list))
+                    else type(got).__name__)
+            return _report(False, f"block {n}: return the new state as a tuple (m, l, acc), got {what}")
+        want = online_softmax_step(state, block.clone(), vals)
+        for name, mine, ref in zip(("m", "l", "acc"), got, want):
+            problem = _compare(mine, ref, f"{name} after block {n}")
+            if problem is None:
+                continue
+            if problem[0] == "shape" and isinstance(mine, torch.Tensor) and mine.shape == ref.shape[:-1]:
+                return _report(False, f"{problem[1]}: keep the last dimension (keepdim=True), so that "
+                                      f"{name} broadcasts against the (…, Lq, b) block")
+            if problem[0] != "values" or state is None:
+                return _report(False, problem[1])
+            m, l, acc = state
+            m_new = torch.maximum(m, block.amax(-1, keepdim=True))
+            p, r = torch.exp(block - m_new), torch.exp(m - m_new)
+            mistakes = [
+                ("m", block.amax(-1, keepdim=True),
+                 "m must be the running max max(m, rowmax S), not the max of this block alone"),
+                ("l", p.sum(-1, keepdim=True) + l,
+                 "l is not rescaled: multiply the old l by e^{m − m'} before adding the new sum"),
+                ("acc", p @ vals + acc,
+                 "acc is not rescaled: multiply the old acc by e^{m − m'} before adding e^{S − m'} V"),
+                ("l", p.sum(-1, keepdim=True) + l / r,
+                 "the rescaling is inverted: the factor is e^{m − m'} (≤ 1), not e^{m' − m}"),
+                ("acc", p @ vals + acc / r,
+                 "the rescaling is inverted: the factor is e^{m − m'} (≤ 1), not e^{m' − m}"),
+            ]
+            why = next((w for which, wrong, w in mistakes if which == name and _close(mine, wrong)), None)
+            if why is None and name != "m" and _same_ratio(got, want):
+                why = (f"acc / l is right but {name} is not relative to the running max m: "
+                       "use e^{S − m'} and rescale by e^{m − m'}")
+            return _report(False, f"{problem[1]}: {why}" if why else problem[1])
+        state = got
+    out = state[2] / state[1]
+    return _verdict(_compare(out, torch.softmax(scores, -1) @ values, "acc / l after the last block"),
+                    [], "online softmax step is correct: after 3 blocks acc / l = softmax(S) V")
+
+
+def check_rope(fn, seed=0):
+    """Check ``fn(x, positions)`` = RoPE: the pair (x_2i, x_2i+1) at position m turned by m·θ_i. §5.1.
+
+    (x_2i, x_2i+1) -> (x_2i cos mθ_i − x_2i+1 sin mθ_i, x_2i sin mθ_i + x_2i+1 cos mθ_i), with
+    θ_i = 10000^(−2i/d), as :func:`attnbook.positions.apply_rope`. Runs on x (2, 3, 5, 8)
+    (batch, heads, L = 5, d = 8) with positions (5,): distinct random integers below 100, not
+    0 … L − 1, so that ignoring them shows. Names the usual mistakes: no rotation, the opposite
+    angle, the GPT-NeoX pairing (i with i + d/2), θ_i = base^(−i/d), positions ignored or
+    counted from 1, a map that changes the length of a pair.
+    """
+    from .positions import apply_rope
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64)
+    positions = torch.randperm(100, generator=g)[:5]
+    try:
+        got = _run(fn, x, positions)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    pairs_of = torch.stack((torch.arange(4), torch.arange(4) + 4), -1).flatten()   # 0, 4, 1, 5, 2, 6, 3, 7
+
+    def neox():                                      # pairs (i, i + d/2) rotated by m·θ_i
+        out = torch.empty_like(x)
+        out[..., pairs_of] = apply_rope(x[..., pairs_of], positions)
+        return out
+
+    def pair_lengths(t):
+        return t.to(x.dtype).unflatten(-1, (4, 2)).norm(dim=-1)
+
+    return _verdict(_compare(got, apply_rope(x, positions), "output"), [
+        (lambda: _close(got, x), "nothing is rotated: the output equals the input"),
+        (lambda: _close(got, apply_rope(x, -positions)),
+         "the pairs turn the wrong way (by −m·θ_i): use (x cos − y sin, x sin + y cos)"),
+        (lambda: _close(got, neox()),
+         "you pair feature i with feature i + d/2 (the GPT-NeoX layout); this book pairs "
+         "neighbours (x_2i, x_2i+1), as the RoFormer paper"),
+        (lambda: _close(got, apply_rope(x, positions, base=100.0)),
+         "the frequencies are base^(−i/d); use θ_i = base^(−2i/d), i = 0 … d/2 − 1"),
+        (lambda: _close(got, apply_rope(x)),
+         "the positions are ignored: token j must turn by positions[j]·θ_i, not by j·θ_i"),
+        (lambda: _close(got, apply_rope(x, positions + 1)), "the positions are off by one: use them as given"),
+        (lambda: not torch.allclose(pair_lengths(got), pair_lengths(x)),
+         "the length of some pair (x_2i, x_2i+1) changed: a rotation keeps every pair's length"),
+    ], "RoPE is correct: every pair turns by m·θ_i")
