@@ -408,3 +408,130 @@ def test_rope_check_names_the_mistake(capsys, fn, message):
 
     result, line = verdict(capsys, check_rope, fn)
     assert result is False and re.search(message, line), line
+
+
+# ---------------------------------------------------------------- causal linear attention (§5.2)
+
+def _phi(x):
+    return torch.nn.functional.elu(x) + 1
+
+
+def _causal_linear_loop(q, k, v, *, phi=_phi, strict=False, future=False, normalise=True):
+    """The recurrence S_i = S_{i-1} + φ(k_i) v_iᵀ, z_i = z_{i-1} + φ(k_i), one query at a time
+    (with the usual mistakes as options)."""
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    n = q.shape[-2]
+    for i in range(n):
+        keys = range(i, n) if future else range(i if strict else i + 1)
+        s = torch.zeros(*q.shape[:-2], q.shape[-1], v.shape[-1], dtype=q.dtype)
+        z = torch.zeros(*q.shape[:-2], q.shape[-1], dtype=q.dtype)
+        for j in keys:
+            s = s + phi(k[..., j, :]).unsqueeze(-1) * v[..., j, :].unsqueeze(-2)
+            z = z + phi(k[..., j, :])
+        num = (phi(q[..., i, :]).unsqueeze(-1) * s).sum(-2)
+        den = (phi(q[..., i, :]) * z).sum(-1, keepdim=True)
+        out[..., i, :] = num / den if normalise else num
+    return out
+
+
+def _non_causal_linear(q, k, v):
+    from attnbook.linear import linear_attention
+
+    return linear_attention(q, k, v)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_causal_linear_attention_check_accepts_correct_solutions(capsys, seed):
+    from attnbook.exercises import check_causal_linear_attention
+    from attnbook.linear import linear_attention
+
+    for fn in (lambda q, k, v: linear_attention(q, k, v, causal=True), _causal_linear_loop,
+               lambda q, k, v: (_causal_linear_loop(q.float(), k.float(), v.float()), None)):
+        assert verdict(capsys, check_causal_linear_attention, fn, seed=seed) == (
+            True, "✅ causal linear attention is correct: out_i = φ(q_i)ᵀS_i / φ(q_i)ᵀz_i over the keys j ≤ i")
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda q, k, v: _non_causal_linear(q, k, v), "every query sees every key"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v, strict=True), "leaves out its own key"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v, strict=True).nan_to_num(0.0), "leaves out its own key"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v, future=True), "the future"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v, normalise=False), "not normalised"),
+    (lambda q, k, v: attention(q, k, v, is_causal=True)[0], "causal softmax attention"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v, phi=lambda x: x), "feature map is missing"),
+    (lambda q, k, v: _causal_linear_loop(q / 2, k / 2, v), "no 1/√d scale"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v)[..., :2], r"expected shape \(2, 6, 3\), got \(2, 6, 2\)"),
+    (lambda q, k, v: _causal_linear_loop(q, k, v) + 0.1, "differ from the reference"),
+    (lambda q, k: q, "raised TypeError"),
+    ("linear", "expected a function, got str"),
+])
+def test_causal_linear_attention_check_names_the_mistake(capsys, fn, message):
+    import re
+
+    from attnbook.exercises import check_causal_linear_attention
+
+    result, line = verdict(capsys, check_causal_linear_attention, fn)
+    assert result is False and re.search(message, line), line
+
+
+# ---------------------------------------------------------------- integrated gradients (§5.4)
+
+def _my_ig(model_fn, x, target, baseline, steps, *, rule="right", sign=1.0, scale=1.0, start=None,
+           factor="difference", all_classes=False):
+    """Integrated gradients by an explicit loop over the path (one wrong turn at a time)."""
+    start = baseline.expand_as(x) if start is None else start
+    alphas = {"right": [k / steps for k in range(1, steps + 1)],
+              "left": [k / steps for k in range(steps)],
+              "midpoint": [(k + 0.5) / steps for k in range(steps)]}[rule]
+    total = torch.zeros_like(x)
+    for alpha in alphas:
+        point = (start + alpha * (x - start)).detach().requires_grad_(True)
+        scores = model_fn(point)
+        picked = scores.sum() if all_classes else scores[torch.arange(len(x)), target].sum()
+        total += torch.autograd.grad(picked, point)[0] / steps
+    multiplier = {"difference": x - start, "x": x, "none": torch.ones_like(x)}[factor]
+    return sign * scale * multiplier * total
+
+
+def _grad_at_x(model_fn, x, target):
+    point = x.detach().requires_grad_(True)
+    return torch.autograd.grad(model_fn(point)[torch.arange(len(x)), target].sum(), point)[0]
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_integrated_gradients_check_accepts_the_library_and_every_riemann_rule(capsys, seed):
+    from attnbook.exercises import check_integrated_gradients
+    from attnbook.interpret import integrated_gradients
+
+    for method in ("riemann_right", "riemann_trapezoid"):
+        library = lambda f, x, t, b, m, method=method: integrated_gradients(f, x, t, baseline=b, steps=m,  # noqa: E731
+                                                                            method=method)
+        result, line = verdict(capsys, check_integrated_gradients, library, seed=seed)
+        assert result and "integrated gradients are correct" in line
+    for rule in ("right", "left", "midpoint"):
+        fn = lambda f, x, t, b, m, rule=rule: _my_ig(f, x, t, b, m, rule=rule)  # noqa: E731
+        result, line = verdict(capsys, check_integrated_gradients, fn, seed=seed)
+        assert result and f"({rule} Riemann sum)" in line
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda f, x, t, b, m: x * _grad_at_x(f, x, t), "this is gradient × input"),
+    (lambda f, x, t, b, m: (x - b) * _grad_at_x(f, x, t), "the gradient at x only"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m, factor="none"), r"multiply them by \(x − x'\)"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m, factor="x"), "not by x"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m, scale=m), "take their mean"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m, start=torch.zeros_like(x)), "zero baseline"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m, all_classes=True), "sum of all classes"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m, sign=-1.0), "sign is reversed"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, 4), "differ from the reference"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m)[:, 0], r"expected shape \(3, 2, 5\), got \(3, 5\)"),
+    (lambda f, x, t, b, m: _my_ig(f, x, t, b, m).tolist(), "expected a torch.Tensor, got list"),
+    (lambda f, x, t: x, "raised TypeError"),
+])
+def test_integrated_gradients_check_names_the_mistake(capsys, fn, message):
+    import re
+
+    from attnbook.exercises import check_integrated_gradients
+
+    result, line = verdict(capsys, check_integrated_gradients, fn)
+    assert result is False and re.search(message, line), line

@@ -39,6 +39,10 @@ module              what it holds                                               
 ``reach``           receptive fields of sparse patterns, LSH bucket statistics   3.5
 ``shapes``          synthetic images for segmentation and long-range tasks       3.6
 ``convnets``        tiny CNNs and U-Nets with and without attention blocks       3.6
+``extrapolation``   a copy-back task and a small model for each position scheme  5.1
+``approx``          inputs, implied weight matrices and errors of approximations 5.2
+``roofline``        FLOPs, bytes, saved tensors, tile frames, achieved GFLOP/s   5.3
+``explain``         a small ViT on scenes, attribution scores, attention edits   5.4
 ``train``           seeding and the shared training loop                         all
 ``viz``             heatmaps, head grids, arcs between tokens                    all
 ``widgets``         the controls and explorers that work in the static book      all

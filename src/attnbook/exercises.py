@@ -639,3 +639,146 @@ def check_rope(fn, seed=0):
         (lambda: not torch.allclose(pair_lengths(got), pair_lengths(x)),
          "the length of some pair (x_2i, x_2i+1) changed: a rotation keeps every pair's length"),
     ], "RoPE is correct: every pair turns by m·θ_i")
+
+
+def check_causal_linear_attention(fn, seed=0):
+    """Check ``fn(query, key, value)`` = causal linear attention with φ(x) = elu(x) + 1. §5.2.
+
+    out_i = φ(q_i)ᵀ S_i / φ(q_i)ᵀ z_i with the running sums S_i = Σ_{j≤i} φ(k_j) v_jᵀ and
+    z_i = Σ_{j≤i} φ(k_j), as :func:`attnbook.linear.linear_attention` with causal=True. Runs on
+    query, key (2, 6, 4) and value (2, 6, 3). Names the usual mistakes: every key seen (no
+    causality), the current key left out (j < i), the future instead of the past, no
+    denominator, softmax instead of the feature map, no feature map, a 1/√d scale.
+    """
+    import torch.nn.functional as F
+
+    from .linear import linear_attention
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    try:
+        got = _run(fn, q, k, v)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    if isinstance(got, tuple) and got:
+        got = got[0]
+
+    def weighted(phi_q, phi_k, keep, normalise=True):
+        s = (phi_q @ phi_k.transpose(-2, -1)) * keep
+        return (s / s.sum(-1, keepdim=True) if normalise else s) @ v
+
+    phi = lambda x: F.elu(x) + 1  # noqa: E731
+    past = torch.ones(6, 6, dtype=torch.bool).tril()
+    strict = past.tril(-1)
+    problem = _compare(got, linear_attention(q, k, v, causal=True), "output")
+    if problem is not None and problem[0] == "nan" and isinstance(got, torch.Tensor) \
+            and _close(got[..., 1:, :], weighted(phi(q), phi(k), strict)[..., 1:, :]):
+        return _report(False, "query i leaves out its own key: the sums run over j ≤ i, including j = i "
+                              "(and the first query, which would see no key, gets NaN)")
+    return _verdict(problem, [
+        (lambda: _close(got, linear_attention(q, k, v)),
+         "every query sees every key: under the causal mask query i may only use keys j ≤ i "
+         "(running sums S_i, z_i)"),
+        (lambda: _close(got[..., 1:, :], weighted(phi(q), phi(k), strict)[..., 1:, :]),
+         "query i leaves out its own key: the sums run over j ≤ i, including j = i"),
+        (lambda: _close(got, weighted(phi(q), phi(k), past.T)),
+         "query i uses the keys j ≥ i (the future); causal attention uses j ≤ i"),
+        (lambda: _close(got, weighted(phi(q), phi(k), past, normalise=False)),
+         "the output is not normalised: divide φ(q_i)ᵀ S_i by φ(q_i)ᵀ z_i"),
+        (lambda: _close(got, attention(q, k, v, is_causal=True)[0]),
+         "this is causal softmax attention; linear attention replaces exp(q·k/√d) by φ(q)ᵀφ(k) "
+         "with φ(x) = elu(x) + 1"),
+        (lambda: _close(got, weighted(q, k, past)),
+         "the feature map is missing: use φ(q) and φ(k) with φ(x) = elu(x) + 1, not q and k"),
+        (lambda: any(_close(got, weighted(phi(q / 2), phi(k / c), past)) for c in (1, 2)),
+         "the features take q and k as they are: linear attention has no 1/√d scale"),
+    ], "causal linear attention is correct: out_i = φ(q_i)ᵀS_i / φ(q_i)ᵀz_i over the keys j ≤ i")
+
+
+# ---------------------------------------------------------------- integrated gradients (§5.4)
+
+def _ig_network(seed):
+    """A small fixed network: inputs (B, 2, 5) -> scores (B, 4), smooth and far from linear."""
+    g = torch.Generator().manual_seed(seed)
+    w1 = torch.randn(10, 8, generator=g, dtype=torch.float64)
+    b1 = torch.randn(8, generator=g, dtype=torch.float64)
+    w2 = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    return lambda x: torch.tanh(x.flatten(1) @ w1 + b1) @ w2
+
+
+def _path_average(model_fn, x, target, baseline, alphas, weights):
+    """Σ_k w_k ∂y_t(x' + α_k (x − x'))/∂x, each example's own target score differentiated."""
+    total = torch.zeros_like(x)
+    for alpha, weight in zip(alphas, weights):
+        point = (baseline + alpha * (x - baseline)).requires_grad_(True)
+        score = model_fn(point)
+        picked = score.gather(1, target[:, None]).sum() if target is not None else score.sum()
+        (grad,) = torch.autograd.grad(picked, point)
+        total += weight * grad
+    return total
+
+
+def check_integrated_gradients(fn, seed=0):
+    """Check ``fn(model_fn, inputs, target, baseline, steps)`` = integrated gradients. §5.4.
+
+    IG(x) = (x − x') ⊙ (1/m) Σ_k ∂y_t(x' + α_k (x − x'))/∂x: the gradients of each example's
+    target score, averaged along the straight path from the baseline x' to x by a Riemann sum
+    of m = ``steps`` intervals (right α_k = k/m, left (k − 1)/m, midpoint (k − ½)/m or the
+    trapezoid rule: each is accepted). Runs on a small fixed network, inputs (3, 2, 5), four
+    classes, targets (3,), a non-zero baseline (2, 5) and steps = 16. Names the usual mistakes:
+    gradient × input, the gradient at x only, no (x − x') factor, x instead of x − x', a sum
+    instead of a mean, a zero baseline, all classes at once, the sign of x' − x.
+    """
+    g = torch.Generator().manual_seed(seed + 1)
+    model_fn = _ig_network(seed)
+    x = torch.randn(3, 2, 5, generator=g, dtype=torch.float64)
+    baseline = 0.5 * torch.randn(2, 5, generator=g, dtype=torch.float64)
+    target = torch.tensor([2, 0, 3])
+    steps = 16
+    try:
+        got = _run(fn, model_fn, x.clone(), target.clone(), baseline.clone(), steps)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    start = baseline.expand_as(x)
+    ks = [k / steps for k in range(steps + 1)]
+    rules = {
+        "right": (ks[1:], [1 / steps] * steps),
+        "left": (ks[:-1], [1 / steps] * steps),
+        "midpoint": ([(k + 0.5) / steps for k in range(steps)], [1 / steps] * steps),
+        "trapezoid": (ks, [(0.5 if k in (0, steps) else 1.0) / steps for k in range(steps + 1)]),
+    }
+    means = {name: _path_average(model_fn, x, target, start, *rule) for name, rule in rules.items()}
+    answers = {name: (x - start) * mean for name, mean in means.items()}
+    matching = next((name for name, want in answers.items() if _close(got, want)), None)
+    want = answers[matching or "right"]
+    problem = None if matching else _compare(got, want, "attributions")
+
+    def any_rule(make):
+        return any(_close(got, make(name)) for name in rules)
+
+    at_x = _path_average(model_fn, x, target, start, [1.0], [1.0])
+    zero = torch.zeros_like(x)
+    with torch.no_grad():
+        change = model_fn(x).gather(1, target[:, None])[:, 0] - model_fn(start).gather(1, target[:, None])[:, 0]
+    gap = (want.flatten(1).sum(1) - change).abs().max().item()
+    return _verdict(problem, [
+        (lambda: _close(got, x * at_x),
+         "this is gradient × input: average the gradients at points x' + α(x − x') of the path instead"),
+        (lambda: _close(got, (x - start) * at_x),
+         "you used the gradient at x only: average the gradients along the path from x' to x"),
+        (lambda: any_rule(lambda name: means[name]),
+         "these are the averaged gradients: multiply them by (x − x')"),
+        (lambda: any_rule(lambda name: x * means[name]),
+         "multiply by x − x', not by x: the baseline here is not zero"),
+        (lambda: any_rule(lambda name: answers[name] * steps) or _close(got, answers["trapezoid"] * steps),
+         "you summed the gradients of the steps: take their mean (divide by the number of steps)"),
+        (lambda: any_rule(lambda name: x * _path_average(model_fn, x, target, zero, *rules[name])),
+         "you used a zero baseline: start the path at the baseline given"),
+        (lambda: any_rule(lambda name: (x - start) * _path_average(model_fn, x, None, start, *rules[name])),
+         "you differentiated the sum of all classes' scores: take each example's target class"),
+        (lambda: any_rule(lambda name: -answers[name]),
+         "the sign is reversed: multiply by (x − x'), not (x' − x)"),
+    ], f"integrated gradients are correct ({matching} Riemann sum); they sum to y_t(x) − y_t(x') "
+       f"up to {gap:.0e}")
