@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_FLAGS := --builder html -W -n --keep-going
 NB ?=
 
-.PHONY: book student test execute bench bench-widgets setup chromium clean
+.PHONY: book student pdf test execute bench bench-widgets setup chromium clean
 
 book: setup
 	$(VENV)/bin/jupyter-book build . $(BUILD_FLAGS)
@@ -22,6 +22,10 @@ student: setup
 	$(PY) scripts/student_config.py _build/student-config/_config.yml
 	$(VENV)/bin/jupyter-book build . --config _build/student-config/_config.yml --path-output _build/student $(BUILD_FLAGS)
 	@echo "The student edition is ready: open file://$(CURDIR)/_build/student/_build/html/index.html"
+
+# The print edition: the whole book on one page, printed to PDF by headless chromium (offline).
+pdf: setup chromium
+	$(PY) scripts/build_pdf.py _build/pdf/attention-mechanisms.pdf
 
 test: setup chromium
 	$(PY) -m pytest --nbval --nbval-sanitize-with tests/sanitize.cfg tests notebooks

@@ -217,3 +217,39 @@ def test_student_edition_has_every_exercise_and_no_solution(built_book, student_
     assert not (student / "_sources").exists(), "page sources (which hold the solutions) were copied"
     assert "student edition" in (student / "index.html").read_text() or \
         "student edition" in (student / "book" / "preface.html").read_text()
+
+
+def _titles():
+    """The first heading of every page in _toc.yml (a notebook's or a Markdown page's)."""
+    import json
+
+    titles = {}
+    for name in re.findall(r"(?:file|root):\s*(\S+)", (ROOT / "_toc.yml").read_text()):
+        path = ROOT / f"{name}.ipynb"
+        if path.exists():
+            cells = json.loads(path.read_text())["cells"]
+            text = next("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        else:
+            text = (ROOT / f"{name}.md").read_text()
+        titles[name] = next(line[2:].strip() for line in text.splitlines() if line.startswith("# "))
+    return titles
+
+
+def test_pdf_has_every_chapter_and_draws_the_widgets(tmp_path_factory):
+    """`make pdf` (scripts/build_pdf.py) prints the whole book, every page of the toc in it."""
+    from pypdf import PdfReader
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from build_pdf import build_pdf
+
+    work = tmp_path_factory.mktemp("pdf")
+    pdf = build_pdf(work / "book.pdf", work=work)
+    reader = PdfReader(pdf)
+    text = re.sub(r"\s+", " ", " ".join(page.extract_text() or "" for page in reader.pages))
+    missing = [f"{name}: {title}" for name, title in _titles().items()
+               if re.sub(r"\s+", " ", title) not in text]
+    assert not missing, f"pages missing from the PDF: {missing}"
+    single = (work / "_build" / "singlehtml" / "print.html").read_text()
+    assert single.count("application/vnd.jupyter.widget-state+json") >= 10, "widget states not loaded"
+    images = sum(len(page.images) for page in reader.pages[:60])
+    assert images > 0, "no figure in the first pages of the PDF"
