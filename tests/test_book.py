@@ -253,3 +253,31 @@ def test_pdf_has_every_chapter_and_draws_the_widgets(tmp_path_factory):
     assert single.count("application/vnd.jupyter.widget-state+json") >= 10, "widget states not loaded"
     images = sum(len(page.images) for page in reader.pages[:60])
     assert images > 0, "no figure in the first pages of the PDF"
+
+
+def test_pages_are_keyboard_navigable(built_book, server, browser):
+    """Tab alone reaches the skip link first, then the page's links and a widget's slider,
+    each focused element visible on screen; arrow keys then move the slider (as tested above)."""
+    base, html = server
+    pages = [p for p in _pages(html) if "widget-view+json" in p.read_text() and "notebooks" in p.parts]
+    context, page, errors, foreign = _open(browser, base, pages[0].relative_to(html).as_posix())
+    try:
+        _wait_for_math_and_widgets(page)
+        seen = []
+        for _ in range(400):
+            page.keyboard.press("Tab")
+            seen.append(page.evaluate("""() => {
+                const e = document.activeElement;
+                const boxes = [e, ...e.querySelectorAll('*')].map(x => x.getBoundingClientRect());
+                return {tag: e.tagName, cls: String(e.className), text: (e.innerText || '').trim().slice(0, 40),
+                        visible: boxes.some(r => r.width > 0 && r.height > 0),  // a toggle may draw only its icon
+                        widget: !!e.closest('.jupyter-widgets')};
+            }"""))
+            if seen[-1]["widget"]:
+                break
+    finally:
+        context.close()
+    assert "skip" in seen[0]["text"].lower() or "skip" in seen[0]["cls"].lower(), f"first Tab stop: {seen[0]}"
+    assert any(s["widget"] for s in seen), "no widget control can be reached with the Tab key"
+    hidden = [s for s in seen if not s["visible"] and s["tag"] != "BODY"]
+    assert not hidden, f"Tab focuses elements that are not visible: {hidden[:3]}"
