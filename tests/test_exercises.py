@@ -535,3 +535,79 @@ def test_integrated_gradients_check_names_the_mistake(capsys, fn, message):
 
     result, line = verdict(capsys, check_integrated_gradients, fn)
     assert result is False and re.search(message, line), line
+
+
+# ---------------------------------------------------------------- the longest length that fits (§6.1)
+
+def test_max_length_check_accepts_correct_solutions(capsys):
+    from attnbook.exercises import check_max_length
+
+    for fn in (lambda c, h, i: math.isqrt(c // (4 * h * i)),
+               lambda c, h, i: int((c / (4 * h * i)) ** 0.5),
+               lambda c, h, i: float(math.isqrt(c // (4 * h * i))),
+               lambda c, h, i: max(n for n in range(1, 70_000) if 4 * h * i * n * n <= c)):
+        result, line = verdict(capsys, check_max_length, fn)
+        assert result and "all 5 budgets" in line
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda c, h, i: math.ceil((c / (4 * h * i)) ** 0.5), "does not fit: 4·heads·n²·itemsize = 1,000,318,464"),
+    (lambda c, h, i: max(n for n in range(1, 70_000) if 4 * h * i * n * n < c), "use ≤, not <"),
+    (lambda c, h, i: math.isqrt(c // (h * i)), "one n × n matrix per head"),
+    (lambda c, h, i: math.isqrt(c // (4 * i)), "the heads are missing"),
+    (lambda c, h, i: math.isqrt(c // (4 * h)), "numbers, not bytes"),
+    (lambda c, h, i: math.isqrt(c // (32 * h * i)), "do not multiply it by 8"),
+    (lambda c, h, i: (c / (4 * h * i)) ** 0.5, "not a whole number of tokens"),
+    (lambda c, h, i: str(math.isqrt(c // (4 * h * i))), "expected a number of tokens, got str"),
+    (lambda c, h, i: math.isqrt(c // (4 * h * i)) + 7, "expected n = 3,227, got 3,234"),
+    (lambda c, h: 1, "raised TypeError"),
+    (42, "expected a function"),
+])
+def test_max_length_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_max_length
+
+    result, line = verdict(capsys, check_max_length, fn)
+    assert result is False and message in line, line
+
+
+# ---------------------------------------------------------------- adaptive span (§6.4)
+
+def _my_span_mask(span, lk, ramp, *, clamp_high=True, future=True, top_left=False, start=None, hard=False):
+    """The ramp mask written out, with one wrong turn at a time."""
+    lq = span.shape[-1]
+    i = torch.arange(lq)[:, None] + (0 if top_left else lk - lq)
+    d = (i - torch.arange(lk)).to(span.dtype)
+    z = span[..., None]
+    if hard:
+        return ((d <= z) & (d >= 0)).to(span.dtype)
+    m = ((ramp if start is None else start) + z - d) / ramp
+    m = m.clamp(0.0, 1.0) if clamp_high else m.clamp(min=0.0)
+    return m * (d >= 0) if future else m
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_span_mask_check_accepts_the_library_and_a_loop(capsys, seed):
+    from attnbook.adaptive_span import span_mask
+    from attnbook.exercises import check_span_mask
+
+    result, line = verdict(capsys, check_span_mask, lambda z, lk, r: span_mask(z, lk, ramp=r), seed=seed)
+    assert result and "the span mask is correct" in line
+    assert verdict(capsys, check_span_mask, _my_span_mask, seed=seed)[0]
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda z, lk, r: _my_span_mask(z, lk, r, clamp_high=False), "clamp the ramp to at most 1"),
+    (lambda z, lk, r: _my_span_mask(z, lk, r, future=False), "future keys"),
+    (lambda z, lk, r: _my_span_mask(z, lk, r, top_left=True), "query's own position"),
+    (lambda z, lk, r: _my_span_mask(z, lk, r, start=0.0), "starts at 0"),
+    (lambda z, lk, r: _my_span_mask(z, lk, r, hard=True), "hard window"),
+    (lambda z, lk, r: _my_span_mask(z, lk, r) > 0, "not booleans"),
+    (lambda z, lk, r: _my_span_mask(z, lk, 2 * r), "differ from the reference"),
+    (lambda z, lk, r: _my_span_mask(z, lk, r).transpose(-2, -1), "expected shape"),
+    (lambda z, lk: z, "raised TypeError"),
+])
+def test_span_mask_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_span_mask
+
+    result, line = verdict(capsys, check_span_mask, fn)
+    assert result is False and message in line, line

@@ -64,6 +64,27 @@ def test_notebook_follows_the_section_standard(path):
     assert not re.search(r"\b(TODO|FIXME|TBD|lorem ipsum|coming soon)\b", md + code, re.I)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_figure_has_alt_text(path):
+    """Every figure output has alt text for screen readers.
+
+    myst-nb renders a cell's image outputs with the alt text of `mystnb.image.alt` in the cell
+    metadata; without it the alt is the image's file path.
+    """
+    nb = _load(path)
+    missing = []
+    for c in nb["cells"]:
+        if c["cell_type"] != "code":
+            continue
+        if not any(m.startswith("image/") for o in c["outputs"] for m in o.get("data", {})):
+            continue
+        options = c["metadata"].get("mystnb", {})
+        alt = options.get("image", {}).get("alt") or ""
+        if len(alt.strip()) < 20:
+            missing.append(c.get("id", "?"))
+    assert not missing, f"image outputs without alt text (add mystnb.image.alt) in cells {missing}"
+
+
 def test_glue_names_and_labels_are_unique_and_defined():
     defined, labels = {}, {}
     used = []

@@ -43,6 +43,11 @@ module              what it holds                                               
 ``approx``          inputs, implied weight matrices and errors of approximations 5.2
 ``roofline``        FLOPs, bytes, saved tensors, tile frames, achieved GFLOP/s   5.3
 ``explain``         a small ViT on scenes, attribution scores, attention edits   5.4
+``budget``          memory caps, safe lengths, power-law fits and projections    6.1
+``digits``          scikit-learn's 8×8 digits, a small ViT and a CNN to compare  6.2, 4.3
+``adaptive_span``   learned attention spans (soft ramp masks) per head or token  6.4
+``knowledge_graph`` a generated knowledge graph and the attention mask it gives  6.4
+``top_down``        cue-driven (top-down) against saliency (bottom-up) attention 6.4
 ``train``           seeding and the shared training loop                         all
 ``viz``             heatmaps, head grids, arcs between tokens                    all
 ``widgets``         the controls and explorers that work in the static book      all

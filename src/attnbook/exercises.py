@@ -782,3 +782,99 @@ def check_integrated_gradients(fn, seed=0):
          "the sign is reversed: multiply by (x − x'), not (x' − x)"),
     ], f"integrated gradients are correct ({matching} Riemann sum); they sum to y_t(x) − y_t(x') "
        f"up to {gap:.0e}")
+
+
+# ---------------------------------------------------------------- the longest sequence that fits (§6.1)
+
+def check_max_length(fn):
+    """Check ``fn(cap_bytes, heads, itemsize)`` = the longest n with 4 · heads · n² · itemsize ≤ cap. §6.1.
+
+    Naive attention holds four n × n matrices per head at its peak (scores, logits, shifted
+    logits, exponentials), so the answer is ⌊√(cap / (4 · heads · itemsize))⌋, an integer.
+    Runs on several caps, head counts and item sizes, one of them a cap that the answer's
+    memory meets exactly. Names the usual mistakes: one matrix instead of four, the heads or
+    the item size left out, bits instead of bytes, rounding up, < instead of ≤, a float.
+    (:func:`attnbook.budget.max_length` also counts 3·n numbers per row and may be one lower.)
+    """
+    cases = [(10**9, 12, 2), (6 * 10**8, 1, 4), (16_000_000, 1, 4), (2**34, 8, 2), (123_456_789, 3, 4)]
+    for cap, heads, itemsize in cases:
+        where = f"cap_bytes={cap:,}, heads={heads}, itemsize={itemsize}"
+        try:
+            got = _run(fn, cap, heads, itemsize)
+        except _Raised as raised:
+            return _report(False, f"{raised} (called with {where})")
+        want = math.isqrt(cap // (4 * heads * itemsize))
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            return _report(False, f"{where}: expected a number of tokens, got {type(got).__name__}")
+        if isinstance(got, float) and not got.is_integer():
+            return _report(False, f"{where}: {got:.2f} is not a whole number of tokens: round down "
+                                  f"(math.isqrt or int(...))")
+        got = int(got)
+        if got == want:
+            continue
+
+        def near(divisor):
+            return abs(got - math.isqrt(cap // divisor)) <= 1
+
+        need = 4 * heads * got * got * itemsize
+        mistakes = [
+            (got == want + 1 and need > cap,
+             f"n = {got} does not fit: 4·heads·n²·itemsize = {need:,} > {cap:,} bytes; round down"),
+            (got == want - 1 and 4 * heads * want * want * itemsize == cap,
+             f"n = {want} uses exactly the cap, and that still fits: use ≤, not <"),
+            (near(heads * itemsize),
+             "you counted one n × n matrix per head; naive attention holds four at its peak"),
+            (heads > 1 and near(4 * itemsize), "the heads are missing: each head holds its own matrices"),
+            (itemsize > 1 and near(4 * heads), "you counted numbers, not bytes: multiply by itemsize"),
+            (near(32 * heads * itemsize), "itemsize is already in bytes: do not multiply it by 8"),
+        ]
+        why = next((message for matches, message in mistakes if matches), None)
+        return _report(False, f"{where}: {why or f'expected n = {want:,}, got {got:,}'}")
+    return _report(True, f"the longest length is right for all {len(cases)} budgets, the exact fit included")
+
+
+# ---------------------------------------------------------------- adaptive span (§6.4)
+
+def check_span_mask(fn, seed=0):
+    """Check ``fn(span, lk, ramp)`` = the adaptive-span ramp m_ij = clamp((R + z_i − d_ij)/R, 0, 1). §6.4.
+
+    d_ij = (Lk − Lq + i) − j is how far key j lies behind query i (the queries are the last Lq
+    positions) and future keys (d < 0) get 0. Runs ``fn`` on spans (2, 5) and (3,), with lk = 8
+    and ramp 2.5, and compares with :func:`attnbook.adaptive_span.span_mask`; names the usual
+    mistakes: no clamp at 1, future keys not masked, distances counted from the first key
+    (top-left alignment), a ramp that starts at 0 instead of z, a hard window, a boolean mask.
+    """
+    from .adaptive_span import distances, span_mask
+
+    g = torch.Generator().manual_seed(seed)
+    cases = [(6 * torch.rand(2, 5, generator=g, dtype=torch.float64), 8, 2.5),
+             (torch.tensor([0.0, 1.5, 3.25], dtype=torch.float64), 3, 1.0)]
+    for span, lk, ramp in cases:
+        where = f"span of shape {tuple(span.shape)}, lk={lk}, ramp={ramp}"
+        try:
+            got = _run(fn, span.clone(), lk, ramp)
+        except _Raised as raised:
+            return _report(False, f"{raised} ({where})")
+        lq = span.shape[-1]
+        if isinstance(got, torch.Tensor) and got.dtype == torch.bool:
+            return _report(False, f"{where}: the mask must hold numbers in [0, 1] (a soft ramp), not booleans")
+        d = distances(lq, lk).double()
+        top_left = (torch.arange(lq)[:, None] - torch.arange(lk)).double()
+        z = span[..., None]
+        ramp_of = lambda dist, lo=0.0, hi=1.0, start=ramp: ((start + z - dist) / ramp).clamp(lo, hi)  # noqa: E731
+        problem = _compare(got, span_mask(span, lk, ramp=ramp), f"mask ({where})")
+        if problem is None:
+            continue
+        return _verdict(problem, [
+            (lambda: _close(got, ramp_of(d, hi=math.inf) * (d >= 0)),
+             f"{where}: some weights exceed 1: clamp the ramp to at most 1 inside the span"),
+            (lambda: _close(got, ramp_of(d)),
+             f"{where}: future keys (d < 0, j after the query) must get 0"),
+            (lambda: _close(got, ramp_of(top_left) * (top_left >= 0)),
+             f"{where}: measure the distance from the query's own position Lk − Lq + i, not from i"),
+            (lambda: _close(got, ramp_of(d, start=0.0) * (d >= 0)),
+             f"{where}: the ramp starts at 0 instead of at the span z: use (R + z − d) / R"),
+            (lambda: _close(got, ((d <= z) & (d >= 0)).double()) or _close(got, ((d < z + ramp) & (d >= 0)).double()),
+             f"{where}: this is a hard window; the mask must fall linearly from 1 at d = z to 0 at d = z + R"),
+        ], "")
+    return _report(True, "the span mask is correct: 1 up to z, a linear ramp over R positions, 0 beyond and in the future")
