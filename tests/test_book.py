@@ -281,3 +281,15 @@ def test_pages_are_keyboard_navigable(built_book, server, browser):
     assert any(s["widget"] for s in seen), "no widget control can be reached with the Tab key"
     hidden = [s for s in seen if not s["visible"] and s["tag"] != "BODY"]
     assert not hidden, f"Tab focuses elements that are not visible: {hidden[:3]}"
+
+
+def test_every_figure_has_alt_text_in_the_html(built_book):
+    """No image is described by its own file name (myst-nb's default when a cell gives no alt)."""
+    html, _ = built_book
+    bad = []
+    for page in _pages(html):
+        for tag in re.findall(r"<img\b[^>]*>", page.read_text()):
+            alt, src = re.search(r'alt="([^"]*)"', tag), re.search(r'src="([^"]*)"', tag)
+            if alt is None or len(alt.group(1).strip()) < 5 or (src and alt.group(1) == src.group(1)):
+                bad.append(f"{page.relative_to(html)}: {tag[:120]}")
+    assert not bad, "images without a real alt text:\n" + "\n".join(bad[:10])
