@@ -52,6 +52,20 @@ def _compare(got, want, what):
     return None
 
 
+def _compare_result(got, output, weights, what="output"):
+    """Compare a result that is ``output`` or ``(output, weights)`` with the reference.
+
+    Returns (the student's output, the first problem found or None); the weights are checked
+    only when the student returned them.
+    """
+    problem = None
+    if isinstance(got, tuple):
+        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
+        if got_weights is not None:
+            problem = _compare(got_weights, weights, "weights")
+    return got, _compare(got, output, what) or problem
+
+
 def _verdict(problem, diagnoses, success):
     """Report ``problem`` (or success); when only values differ, name the first matching mistake."""
     if problem is None:
@@ -119,12 +133,7 @@ def check_attention(fn, seed=0):
     except _Raised as raised:
         return _report(False, str(raised))
     out, weights = attention(q, k, v)
-    problem = None
-    if isinstance(got, tuple):
-        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
-        if got_weights is not None:
-            problem = _compare(got_weights, weights, "weights")
-    problem = _compare(got, out, "output") or problem
+    got, problem = _compare_result(got, out, weights, "output")
     return _verdict(problem, [
         (lambda: _close(got, attention(q, k, v, scale=1.0)[0]),
          "the output matches attention without the 1/√d scale"),
@@ -237,12 +246,7 @@ def check_cross_attention(fn, seed=0):
         return _report(False, str(raised))
     q, k, v = y @ w_q, x @ w_k, x @ w_v
     out, weights = attention(q, k, v)
-    problem = None
-    if isinstance(got, tuple):
-        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
-        if got_weights is not None:
-            problem = _compare(got_weights, weights, "weights")
-    problem = _compare(got, out, "output") or problem
+    got, problem = _compare_result(got, out, weights, "output")
     if problem is not None and problem[0] == "shape" and tuple(got.shape) == (2, 7, 3):
         problem = ("shape", "output has one row per *source* position (2, 7, 3): the queries must come "
                             "from the target, giving one row per target position (2, 5, 3)")
@@ -379,12 +383,7 @@ def check_attention_pool(fn, seed=0):
     except _Raised as raised:
         return _report(False, str(raised))
     pooled, weights = attention_pool(x, scores, mask)
-    problem = None
-    if isinstance(got, tuple):
-        got, got_weights = got[0], (got[1] if len(got) > 1 else None)
-        if got_weights is not None:
-            problem = _compare(got_weights, weights, "weights")
-    problem = _compare(got, pooled, "pooled output") or problem
+    got, problem = _compare_result(got, pooled, weights, "pooled output")
     if problem and problem[0] == "nan" and _close(got[:2], pooled[:2]):
         problem = ("nan", "row 2 has no allowed position and came out NaN: give it zero weights "
                           "and a zero output")
