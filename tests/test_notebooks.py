@@ -51,6 +51,8 @@ def test_notebook_follows_the_section_standard(path):
     code = _text(nb, "code")
     assert re.match(r"# \d+\.\d+ ", md), "the first cell is the title '# N.M Title'"
     assert "Learning objectives" in md
+    assert re.search(r"\*\*Prerequisites[:.]?\*\*", md), "the prerequisites, after the objectives"
+    assert re.search(r"\*\*Study time[:.]?\*\*", md), "an estimated study time, after the objectives"
     assert re.search(r"^#+ .*Summary", md, re.M | re.I), "a summary section"
     assert re.search(r"^## Exercises", md, re.M), "an '## Exercises' section"
     assert len(re.findall(r"```\{exercise\}", md)) >= 3, "at least three exercises"
