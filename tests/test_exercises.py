@@ -611,3 +611,121 @@ def test_span_mask_check_names_the_mistake(capsys, fn, message):
 
     result, line = verdict(capsys, check_span_mask, fn)
     assert result is False and message in line, line
+
+
+# ---------------------------------------------------------------- counting a ViT's parameters (§6.2)
+
+def _my_vit_count(size, patch, channels, classes, embed, depth, ratio, *, skip=()):
+    """The count written out part by part (independent of the check's helper); ``skip`` drops parts."""
+    n, hidden = (size // patch) ** 2, round(embed * ratio)
+    parts = {
+        "projection": channels * patch * patch * embed + embed,
+        "class token": embed,
+        "positions": (n + 1) * embed,
+        "attention": depth * 4 * (embed * embed + embed),
+        "mlp": depth * (embed * hidden + hidden + hidden * embed + embed),
+        "norms": depth * 2 * 2 * embed + 2 * embed,
+        "head": embed * classes + classes,
+    }
+    return sum(v for k, v in parts.items() if k not in skip)
+
+
+def test_vit_parameters_check_accepts_a_count_and_a_built_model(capsys):
+    from attnbook.exercises import check_vit_parameters
+    from attnbook.vision import ViT
+
+    result, line = verdict(capsys, check_vit_parameters, _my_vit_count)
+    assert result and "2,794 for the digits' ViT" in line
+    built = lambda s, p, c, k, e, d, r: sum(t.numel() for t in ViT(s, p, c, k, e, d, 2, mlp_ratio=r).parameters())  # noqa: E731
+    assert verdict(capsys, check_vit_parameters, built)[0]
+    assert verdict(capsys, check_vit_parameters, lambda *a: float(_my_vit_count(*a)))[0]
+
+
+def _count_without_biases(s, p, c, k, e, d, r):
+    h = round(e * r)
+    return c * p * p * e + e + ((s // p) ** 2 + 1) * e + d * (4 * e * e + 2 * e * h + 4 * e) + 2 * e + e * k
+
+
+@pytest.mark.parametrize("fn, message", [
+    (_count_without_biases, "the biases are missing"),
+    (lambda *a: _my_vit_count(*a, skip=("norms",)), "the LayerNorms are missing"),
+    (lambda *a: _my_vit_count(*a) - 2 * a[4], "the final LayerNorm"),
+    (lambda *a: _my_vit_count(*a, skip=("class token",)) - a[4], "or the class token"),
+    (lambda *a: _my_vit_count(*a) - a[4], "N + 1 positions"),
+    (lambda *a: _my_vit_count(*a, skip=("positions",)), "position embeddings"),
+    (lambda s, p, c, k, e, d, r: _my_vit_count(s, p, c, k, e, d, 1.0), "round(mlp_ratio·E) units, not E"),
+    (lambda *a: _my_vit_count(*a) - a[5] * (a[4] ** 2 + a[4]), "four E × E projections"),
+    (lambda s, p, c, k, e, d, r: _my_vit_count(s, p, 1, k, e, d, r), "multiply by the channels"),
+    (lambda s, p, c, k, e, d, r: _my_vit_count(s, p, c, k, e, 1, r), "depth times"),
+    (lambda s, p, c, k, e, d, r: _my_vit_count(s, p, c, k, e, d, r) - ((s // p) ** 2 - s // p) * e, "not S/P"),
+    (lambda *a: _my_vit_count(*a, skip=("head",)), "the classification head"),
+    (lambda *a: _my_vit_count(*a) + 1, "expected 2,794 parameters, got 2,795"),
+    (lambda *a: _my_vit_count(*a) + 0.5, "whole number of parameters"),
+    (lambda *a: str(_my_vit_count(*a)), "whole number of parameters, got '2794'"),
+    (lambda s, p: 1, "raised TypeError"),
+    (None, "expected a function"),
+])
+def test_vit_parameters_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_vit_parameters
+
+    result, line = verdict(capsys, check_vit_parameters, fn)
+    assert result is False and message in line, line
+
+
+# ---------------------------------------------------------------- counting a variant's FLOPs (§7.1)
+
+def test_flops_check_accepts_the_atlas_and_hand_written_formulas(capsys):
+    from attnbook.atlas import VARIANTS, flops
+    from attnbook.exercises import check_flops
+
+    by_hand = {
+        "window": lambda n, d, dv, w: 2 * n * (2 * w + 1) * (d + dv),
+        "naive": lambda n, d, dv: 2 * n * n * d + 2 * n * n * dv,
+        "linformer": lambda n, d, dv, k: 2 * k * n * (d + dv) + 2 * n * k * (d + dv),
+        "nystrom": lambda n, d, dv, m: (4 * m * n * d + 4 * n * m * d + 2 * m * m * d + 48 * m ** 3
+                                        + 2 * m * n * dv + 2 * m * m * dv + 2 * n * m * dv),
+        "axial": lambda n, d, dv, h: 2 * (h * (n // h) ** 2 + (n // h) * h * h) * (d + dv),
+        "linear": lambda n, d, dv: float(4 * n * d * dv + 2 * n * d),        # a whole float is fine
+    }
+    for name, fn in by_hand.items():
+        result, line = verdict(capsys, check_flops, fn, name)
+        assert result and "right for all 4 sizes" in line, line
+    for name, v in VARIANTS.items():
+        atlas = lambda n, d, dv, *s, name=name, keys=v.sizes: flops(name, n, d, dv, **dict(zip(keys, s)))  # noqa: E731
+        assert verdict(capsys, check_flops, atlas, name, seed=3)[0], name
+
+
+@pytest.mark.parametrize("name, fn, message", [
+    ("window", lambda n, d, dv, w: n * (2 * w + 1) * (d + dv), "counted multiply-adds"),
+    ("window", lambda n, d, dv, w: 4 * n * (2 * w + 1) * (d + dv), "not four"),
+    ("window", lambda n, d, dv, w: 2 * n * 2 * w * (d + dv), "2w + 1 keys: w on each side and itself"),
+    ("window", lambda n, d, dv, w: 2 * n * w * (d + dv), "keys on each side: 2w + 1 keys in all"),
+    ("window", lambda n, d, dv, w: 2 * (d + dv) * sum(min(i, w) + min(n - 1 - i, w) + 1 for i in range(n)),
+     "only the keys inside the sequence"),
+    ("window", lambda n, d, dv, w: 2 * n * (2 * w + 1) * d, "only the scores"),
+    ("window", lambda n, d, dv, w: 2 * n * (2 * w + 1) * 2 * d, "own width dv"),
+    ("window", lambda n, d, dv, w: 2 * n * n * (d + dv), "cost of full attention"),
+    ("window", lambda n, d, dv, w: 2 * n * (2 * w + 1) * (d + dv) + 1, "expected 489,888 FLOPs, got 489,889"),
+    ("window", lambda n, d, dv, w: 2 * n * (2 * w + 1) * (d + dv) + 0.5, "expected a whole number of FLOPs"),
+    ("window", lambda n, d, dv, w: str(n), "expected a whole number of FLOPs, got '324'"),
+    ("window", lambda n, d, dv: 0, "raised TypeError"),
+    ("window", 7, "expected a function"),
+    ("naive", lambda n, d, dv: 2 * n * n * d, "only the scores"),
+    ("linformer", lambda n, d, dv, k: 2 * n * k * (d + dv), "add the projections E K and E V"),
+    ("nystrom", lambda n, d, dv, m: 8 * n * m * d + 4 * n * m * dv + 2 * m * m * (d + dv), "pseudo-inverse"),
+    ("nystrom", lambda n, d, dv, m: 4 * n * m * d + 4 * n * m * dv + 2 * m * m * (d + dv) + 48 * m ** 3,
+     "segment means computed as a product"),
+    ("linear", lambda n, d, dv: 4 * n * dv * d + 2 * n * dv, "d and dv are swapped"),
+])
+def test_flops_check_names_the_mistake(capsys, name, fn, message):
+    from attnbook.exercises import check_flops
+
+    result, line = verdict(capsys, check_flops, fn, name)
+    assert result is False and message in line, line
+
+
+def test_flops_check_refuses_an_unknown_variant():
+    from attnbook.exercises import check_flops
+
+    with pytest.raises(ValueError, match="variant must be one of"):
+        check_flops(lambda n, d, dv: 0, "flash")

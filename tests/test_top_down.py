@@ -175,3 +175,18 @@ def test_model_rejects_bad_input():
     with pytest.raises(TypeError, match="SearchScenes"):
         search_loss(model, (s.images, s.cue))
     assert isinstance(s, SearchScenes)
+
+
+def test_search_explorer_draws_one_frame_per_choice_and_switches_in_the_browser():
+    from attnbook.top_down import search_explorer
+
+    s = _scenes(4, seed=8)
+    models = {"bottom-up": CuedSearchModel("bottom-up", embed_dim=16),
+              "top-down": CuedSearchModel("top-down", embed_dim=16)}
+    explorer = search_explorer(s, saliency_map(s.images, 5), models, pick=(0, 2))
+    assert len(explorer.frames) == 2 * len(COLOURS) * 3
+    first = explorer.current_frame().value
+    explorer.controls["method"].value = "saliency"
+    assert explorer.current_frame().value != first
+    with pytest.raises(ValueError, match="models"):
+        search_explorer(s, saliency_map(s.images, 5), {"sideways": models["top-down"]})

@@ -48,6 +48,7 @@ module              what it holds                                               
 ``adaptive_span``   learned attention spans (soft ramp masks) per head or token  6.4
 ``knowledge_graph`` a generated knowledge graph and the attention mask it gives  6.4
 ``top_down``        cue-driven (top-down) against saliency (bottom-up) attention 6.4
+``atlas``           every variant's steps, costs and uses; choosing one          7.1
 ``train``           seeding and the shared training loop                         all
 ``viz``             heatmaps, head grids, arcs between tokens                    all
 ``widgets``         the controls and explorers that work in the static book      all

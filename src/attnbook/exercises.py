@@ -877,3 +877,190 @@ def check_span_mask(fn, seed=0):
              f"{where}: this is a hard window; the mask must fall linearly from 1 at d = z to 0 at d = z + R"),
         ], "")
     return _report(True, "the span mask is correct: 1 up to z, a linear ramp over R positions, 0 beyond and in the future")
+
+
+# ---------------------------------------------------------------- counting a ViT's parameters (§6.2)
+
+def _vit_count(size, patch, channels, classes, embed, depth, ratio, *, bias=True, norms=True, final_norm=True,
+               cls=True, cls_position=True, positions=True, hidden=None, projections=4, use_channels=True,
+               use_depth=True, grid=True, head=True):
+    """The parameters of attnbook.vision.ViT, with one part counted wrongly when a flag says so."""
+    b, e = int(bias), embed
+    n = (size // patch) ** 2 if grid else size // patch
+    h = round(embed * ratio) if hidden is None else hidden
+    total = (channels if use_channels else 1) * patch * patch * e + b * e          # patch projection
+    total += e * cls                                                              # class token
+    total += positions * (n + (cls and cls_position)) * e                        # position embeddings
+    block = projections * (e * e + b * e) + (e * h + b * h) + (h * e + b * e) + norms * 4 * e
+    total += block * (depth if use_depth else 1)
+    total += norms * final_norm * 2 * e                                           # final LayerNorm
+    return total + head * (e * classes + b * classes)
+
+
+def check_vit_parameters(fn):
+    """Check ``fn(image_size, patch_size, channels, classes, embed_dim, depth, mlp_ratio)`` = the
+    number of parameters of the ViT of §4.3 and §6.2 (:class:`attnbook.vision.ViT`). §6.2.
+
+    With N = (S/P)² patches and h = round(E·r) hidden units: C·P²·E + E (patch projection),
+    E (class token), (N + 1)·E (positions), per block 4(E² + E) (attention) + E·h + h + h·E + E
+    (MLP) + 4E (two LayerNorms), 2E (final LayerNorm), E·K + K (head). Runs four sizes, one
+    with three channels and one deeper, against the count of a built model, and names the
+    usual mistakes: biases, LayerNorms, the class token or its position, the positions, the
+    MLP width, the output projection, the channels, the depth, the grid, the head. (A missing
+    final LayerNorm and a missing class token both lose 2E: the check names both.)
+    """
+    from .vision import ViT
+
+    cases = [(8, 2, 1, 10, 16, 1, 2.0), (8, 4, 1, 10, 16, 1, 2.0), (12, 3, 3, 7, 24, 2, 1.5),
+             (32, 8, 3, 100, 40, 3, 4.0)]
+    answers, wants = [], []
+    for case in cases:
+        size, patch, channels, classes, embed, depth, ratio = case
+        where = (f"image_size={size}, patch_size={patch}, channels={channels}, classes={classes}, "
+                 f"embed_dim={embed}, depth={depth}, mlp_ratio={ratio}")
+        try:
+            got = _run(fn, *case)
+        except _Raised as raised:
+            return _report(False, f"{raised} (called with {where})")
+        if isinstance(got, bool) or not isinstance(got, (int, float)) or (isinstance(got, float) and not got.is_integer()):
+            return _report(False, f"{where}: expected a whole number of parameters, got {got!r}")
+        model = ViT(size, patch, channels, classes, embed, depth, heads=4, mlp_ratio=ratio)
+        answers.append((where, int(got)))
+        wants.append(sum(p.numel() for p in model.parameters()))
+    wrong = [(where, got, want) for (where, got), want in zip(answers, wants) if got != want]
+    if not wrong:
+        return _report(True, f"the parameter count is right for all {len(cases)} ViTs "
+                             f"({wants[0]:,} for the digits' ViT)")
+    mistakes = [
+        (dict(bias=False), "the biases are missing: the patch projection, the four attention "
+                           "projections, both MLP layers and the head each have one per output"),
+        (dict(norms=False), "the LayerNorms are missing: each has a scale and a shift (2E), "
+                            "two per block and one before the head"),
+        (dict(final_norm=False), "2E parameters are missing: the final LayerNorm before the head (2E), "
+                                 "or the class token (E) with its own position (E)"),
+        (dict(cls_position=False), "the class token has a position embedding too: there are N + 1 positions"),
+        (dict(positions=False), "the position embeddings, (N + 1)·E learned numbers, are missing"),
+        ("hidden", "the MLP's hidden layer has round(mlp_ratio·E) units, not E"),
+        (dict(projections=3), "attention has four E × E projections with biases: queries, keys, "
+                              "values and the output"),
+        (dict(use_channels=False), "a patch holds C·P² numbers: multiply by the channels"),
+        (dict(use_depth=False), "count the blocks depth times: every block has its own weights"),
+        (dict(grid=False), "there are (S/P)² patches on the grid, not S/P"),
+        (dict(head=False), "the classification head, E·K weights and K biases, is missing"),
+    ]
+
+    def matches(flags):   # the mistake explains every answer, right or wrong
+        return all(_vit_count(*case, **({"hidden": case[4]} if flags == "hidden" else flags)) == got
+                   for case, (_, got) in zip(cases, answers))
+
+    where, got, want = wrong[0]
+    why = next((message for flags, message in mistakes if matches(flags)), None)
+    return _report(False, f"{where}: {why or f'expected {want:,} parameters, got {got:,}'}")
+
+
+# ---------------------------------------------------------------- counting what a variant costs (§7.1)
+
+def _flop_cases(name, seed):
+    """Four sizes for variant ``name``: n, d ≠ dv and the variant's own sizes, valid and seeded."""
+    from .atlas import variant
+
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(low, high):
+        return int(torch.randint(low, high + 1, (1,), generator=g))
+
+    cases = []
+    for _ in range(4):
+        height, width = draw(8, 30), draw(8, 30)
+        n = height * width                               # 64 ≤ n ≤ 900, an image for axial attention
+        d = draw(2, 12) * 4
+        dv = d - 4 * draw(1, 6) if d > 28 and draw(0, 1) else d + 4 * draw(1, 6)   # never equal to d
+        sizes = {"window": draw(2, min(20, n // 4)), "block": draw(4, 40), "chunk": draw(4, 40),
+                 "n_buckets": 2 * draw(1, 16), "n_hashes": draw(1, 4), "height": height, "top": draw(1, 3),
+                 "samples": draw(1, 4), "landmarks": draw(3, 40), "rank": draw(3, 40), "features": draw(8, 100),
+                 "block_q": draw(16, 128), "block_k": draw(16, 128)}
+        cases.append((n, d, dv, {key: sizes[key] for key in variant(name).sizes}))
+    return cases
+
+
+def check_flops(fn, variant="window", seed=0):
+    """Check ``fn(n, d, dv, *sizes)`` = the FLOPs of the matrix products of one attention variant. §7.1.
+
+    The reference is :func:`attnbook.atlas.flops` (2 FLOPs per multiply-add, as torch's
+    FlopCounterMode counts the library's kernel); ``sizes`` are the variant's own sizes, in the
+    order of ``VARIANTS[variant].sizes``. For the sliding window,
+    ``fn(n, d, dv, window)`` = 2·n·(2w + 1)·(d + dv): the kernel gathers 2w + 1 keys for every
+    query, padding beyond the ends of the sequence, and computes every one of them. Runs four
+    seeded sizes with d ≠ dv (and w well below n); names the usual mistakes: multiply-adds
+    instead of FLOPs, d in place of dv, d and dv swapped, the cost of full attention, and for
+    the window, Linformer, Nyström and exact attention their own (2w keys, w keys, only the keys
+    inside the sequence, only the scores, the projections or the pseudo-inverse left out).
+    """
+    import numbers
+
+    from .atlas import flops, pairs
+    from .atlas import variant as find
+
+    label = find(variant).label
+    cases = _flop_cases(variant, seed)
+    answers = []
+    for n, d, dv, sizes in cases:
+        where = ", ".join(f"{k}={v}" for k, v in {"n": n, "d": d, "dv": dv, **sizes}.items())
+        try:
+            got = _run(fn, n, d, dv, *sizes.values())
+        except _Raised as raised:
+            return _report(False, f"{raised} (called with {where})")
+        if isinstance(got, bool) or not isinstance(got, numbers.Real) or not float(got).is_integer():
+            return _report(False, f"{where}: expected a whole number of FLOPs, got {got!r}")
+        answers.append((where, int(got)))
+    wants = [flops(variant, n, d, dv, **sizes) for n, d, dv, sizes in cases]
+    wrong = [(where, got, want) for (where, got), want in zip(answers, wants) if got != want]
+    if not wrong:
+        n, d, dv, sizes = cases[0]
+        return _report(True, f"the FLOPs of {label} are right for all {len(cases)} sizes "
+                             f"({wants[0]:,} at n = {n}, d = {d}, dv = {dv})")
+
+    def window_keys(n, d, dv, s, keys):
+        return 2 * n * keys * (d + dv)
+
+    own = {
+        "window": [
+            (lambda n, d, dv, s: window_keys(n, d, dv, s, 2 * s["window"]),
+             "each query sees 2w + 1 keys: w on each side and itself"),
+            (lambda n, d, dv, s: window_keys(n, d, dv, s, s["window"]),
+             "w is the number of keys on each side: 2w + 1 keys in all"),
+            (lambda n, d, dv, s: 2 * (d + dv) * pairs("window", n, **s),
+             "you counted only the keys inside the sequence; the kernel gathers 2w + 1 keys for every "
+             "query (padding beyond the ends) and computes them all"),
+            (lambda n, d, dv, s: 2 * n * (2 * s["window"] + 1) * d,
+             "only the scores: add the weighted sum of the values, 2·dv FLOPs per (query, key) pair"),
+        ],
+        "naive": [(lambda n, d, dv, s: 2 * n * n * d,
+                   "only the scores: add the weighted sum of the values, 2·dv FLOPs per pair")],
+        "linformer": [(lambda n, d, dv, s: 2 * n * s["rank"] * (d + dv),
+                       "add the projections E K and E V to k positions: 2·k·n·(d + dv) FLOPs")],
+        "nystrom": [(lambda n, d, dv, s: flops("nystrom", n, d, dv, **s) - 48 * s["landmarks"] ** 3,
+                     "add the pseudo-inverse: 6 iterations of 4 products of m × m matrices, 48·m³ FLOPs"),
+                    (lambda n, d, dv, s: flops("nystrom", n, d, dv, **s) - 4 * n * s["landmarks"] * d,
+                     "the landmarks are segment means computed as a product P X: 2·m·n·d FLOPs for "
+                     "the queries' and again for the keys'")],
+    }
+    mistakes = own.get(variant, []) + [
+        (lambda n, d, dv, s: flops(variant, n, d, dv, **s) // 2,
+         "you counted multiply-adds: each is two FLOPs, a multiplication and an addition"),
+        (lambda n, d, dv, s: 2 * flops(variant, n, d, dv, **s),
+         "twice too many: a multiply-add is two FLOPs, not four"),
+        (lambda n, d, dv, s: flops(variant, n, d, d, **s),
+         "the values have their own width dv: the products with V cost dv per term, not d"),
+        (lambda n, d, dv, s: flops(variant, n, dv, d, **s), "d and dv are swapped: d is the width of the "
+                                                             "queries and keys, dv that of the values"),
+        (lambda n, d, dv, s: flops("naive", n, d, dv),
+         f"this is the cost of full attention, 2n²(d + dv); {label} computes fewer products"),
+    ]
+
+    def matches(formula):   # the mistake explains every answer, right or wrong
+        return all(formula(n, d, dv, sizes) == got for (n, d, dv, sizes), (_, got) in zip(cases, answers))
+
+    where, got, want = wrong[0]
+    why = next((message for formula, message in mistakes if matches(formula)), None)
+    return _report(False, f"{where}: {why or f'expected {want:,} FLOPs, got {got:,}'}")

@@ -218,3 +218,61 @@ def saliency_accuracy(scenes, saliency):
     found = scenes.cells == peak[:, None]                                         # (N, n)
     shape = torch.where(found, scenes.shapes, torch.full_like(scenes.shapes, -1)).amax(-1)
     return (shape == scenes.target).float().mean().item()
+
+
+def search_explorer(scenes, saliency, models, *, pick=(0, 3), cell=5, figsize=(5.2, 2.6)):
+    """A precomputed explorer: a search scene beside the attention map of one searcher.
+
+    scenes from :func:`search_scenes`, saliency (N, G²) from :func:`saliency_map`, models a dict
+    {"bottom-up": model, "top-down": model} of :class:`CuedSearchModel`; ``pick`` the scenes
+    shown. Controls: scene, cue colour, searcher ("saliency", "bottom-up", "top-down"); the
+    dashed square marks the object of the cued colour. Cost: len(pick)·len(COLOURS) forward
+    passes, then one frame per combination of the controls. Explained in §6.4.
+    """
+    import ipywidgets as W
+    from matplotlib.patches import Rectangle
+
+    from .widgets import Explorer
+
+    unknown = set(models) - {"bottom-up", "top-down"}
+    if unknown:
+        raise ValueError(f"models must be keyed 'bottom-up' and 'top-down', got {sorted(unknown)}")
+    grid = scenes.images.shape[-1] // cell
+    maps = {}
+    with torch.no_grad():
+        for c in range(len(COLOURS)):
+            cues = torch.full((len(pick),), c)
+            for mode, model in models.items():
+                weights = model(scenes.images[list(pick)], cues)[1]
+                for k, n in enumerate(pick):
+                    maps[n, c, mode] = weights[k].view(grid, grid).numpy()
+            for n in pick:
+                maps[n, c, "saliency"] = (saliency[n] / saliency[n].max()).view(grid, grid).numpy()
+
+    def draw(fig, scene, cue, method):
+        n, c = pick[scene - 1], COLOURS.index(cue)
+        target = scenes.cells[n][scenes.colours[n] == c].item()
+        if not fig.axes:  # build the two panels once, then update them
+            left, right = fig.subplots(1, 2)
+            left.imshow(scenes.images[n].permute(1, 2, 0).numpy())
+            left.add_patch(Rectangle((0, 0), cell, cell, fill=False, ec="white", lw=1.2, ls="--"))
+            right.imshow(maps[n, c, method], cmap="viridis", vmin=0, vmax=1)  # one scale for all frames
+            for ax in (left, right):
+                ax.set(xticks=[], yticks=[])
+            fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.86, wspace=0.08)
+        left, right = fig.axes
+        left.images[0].set_data(scenes.images[n].permute(1, 2, 0).numpy())
+        row, col = divmod(target, grid)
+        left.patches[0].set_xy((cell * col - 0.5, cell * row - 0.5))
+        shown = maps[n, c, method]
+        right.images[0].set_data(shown)
+        left.set_title(f"scene {scene}, cue: {cue}", fontsize=9)
+        right.set_title(method + (" (scaled to max 1)" if method == "saliency" else
+                                  f": {shown.flatten()[target]:.2f} on target"), fontsize=9)
+
+    return Explorer(draw, {
+        "scene": W.ToggleButtons(options=list(range(1, len(pick) + 1)), value=1, description="scene"),
+        "cue": W.ToggleButtons(options=list(COLOURS), value=COLOURS[0], description="cue",
+                               style={"button_width": "8.5em"}),
+        "method": W.ToggleButtons(options=["saliency", *models], value="top-down", description="searcher"),
+    }, figsize=figsize)
