@@ -104,3 +104,12 @@ def test_glue_names_and_labels_are_unique_and_defined():
             labels[label] = path
     missing = sorted(set(used) - set(defined))
     assert not missing, f"glued in the text but never defined: {missing}"
+
+
+def test_colour_maps_are_readable_with_colour_vision_deficiencies():
+    """Figures use perceptually uniform, colour-blind-safe maps (viridis family, greys), never jet or rainbow."""
+    safe = {"viridis", "cividis", "magma", "inferno", "plasma", "gray", "grey", "greys", "binary", "gray_r",
+            "greys_r", "viridis_r", "cividis_r"}
+    text = "\n".join(p.read_text() for p in [*NOTEBOOKS, *(ROOT / "src" / "attnbook").glob("*.py")])
+    used = {m.lower() for m in re.findall(r'cmap\s*=\s*\\?["\']([A-Za-z_]+)', text)}
+    assert used and used <= safe, f"colour maps that are not colour-blind safe: {sorted(used - safe)}"
