@@ -41,7 +41,16 @@ def _single_page_widgets(app, pagename, templatename, context, doctree):
 
 
 def setup(app):
-    """Register the page-context hooks."""
+    """Register the page-context hooks, and myst-nb's hidden-cell node for the single page.
+
+    Sphinx looks up a builder's node handlers by the builder's name first and falls back to its
+    format only when no extension registered any handler under that name; another extension
+    registers some for "singlehtml", so myst-nb's html-only handlers for cells tagged
+    hide-input / hide-output would be missing from the print edition.
+    """
+    from myst_nb.sphinx_ import HideCodeCellNode, depart_HideCellInput, visit_HideCellInput
+
+    app.add_node(HideCodeCellNode, override=True, singlehtml=(visit_HideCellInput, depart_HideCellInput))
     app.connect("html-page-context", _single_page_widgets, priority=400)
     app.connect("html-page-context", _dedupe, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
