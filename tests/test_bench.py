@@ -67,3 +67,25 @@ def test_time_ratios_are_per_round_medians(monkeypatch):
 def test_repeats_must_be_positive():
     with pytest.raises(ValueError, match="repeats"):
         bench.run((16,), repeats=0, log=lambda *_: None)
+
+
+def test_return_large_blocks_keeps_a_loop_of_varying_sizes_from_growing_the_process():
+    import pathlib
+    import sys
+
+    import torch
+
+    from attnbook.bench import return_large_blocks
+
+    if not (sys.platform.startswith("linux") and pathlib.Path("/proc/self/status").exists()):
+        pytest.skip("glibc's allocator and /proc are Linux-only")
+    assert return_large_blocks() is True
+
+    def rss():
+        line = next(l for l in pathlib.Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS"))
+        return int(line.split()[1]) * 1024
+
+    before = rss()
+    for n in range(40):  # tensors of 8 to 48 MB, freed at once
+        torch.empty((2 + n % 10) * 1024 * 1024, dtype=torch.float32).fill_(1.0)
+    assert rss() - before < 64 * 1024 * 1024, "freed tensors were kept by the allocator"

@@ -31,6 +31,21 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 DEFAULT_SIZES = (256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
+
+def return_large_blocks(threshold=128 * 1024):
+    """Have glibc map every block of ≥ ``threshold`` bytes fresh and unmap it when freed.
+
+    glibc raises its mmap threshold after large blocks are freed, and then serves big tensors
+    from its heap, which does not shrink: a loop that allocates tensors of varying sizes can
+    grow a process by hundreds of MB that it no longer uses. A fixed threshold gives that
+    memory back at once. Returns True when applied (Linux with glibc), False elsewhere.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return hasattr(libc, "mallopt") and bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+
 def _kernels(features, landmarks):
     """name -> fn(q, k, v) for every kernel measured; SDPA is the reference."""
     from .flash import tiled_attention
