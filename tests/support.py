@@ -1,8 +1,12 @@
-"""Shared helpers of the unit tests: devices, dtypes, tolerances, seeded inputs.
+"""Shared helpers of the unit tests: devices, dtypes, tolerances, seeded inputs, a memory tracer.
 
 Import with `from support import DEVICES, DTYPES, tol, randn` (pytest puts tests/ on sys.path).
 """
+import weakref
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 # Every kernel runs on the CPU and, when one is present, on CUDA.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -23,3 +27,31 @@ def randn(*shape, seed=0, dtype=torch.float64, device="cpu", grad=False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
     return x.requires_grad_(grad)
+
+
+class LiveTensors(TorchDispatchMode):
+    """An independent reference: the peak bytes of tensors alive at once during a call
+    (every operator's outputs are recorded until they are freed; the inputs are not counted)."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen = {}
+        self.held = {t.untyped_storage().data_ptr() for t in inputs}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key in self.held or key in self.seen or storage.nbytes() == 0:
+                    continue
+                self.seen[key] = storage.nbytes()
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, key)
+        return out
+
+    def _free(self, key):
+        self.live -= self.seen.pop(key, 0)

@@ -3,13 +3,12 @@ brute-force pattern counts; choosing by constraints; measuring; drawing; bad inp
 import importlib
 import math
 import pathlib
-import weakref
 
 import matplotlib.pyplot as plt
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from support import LiveTensors
 
 from attnbook import attention
 from attnbook.approx import linformer_projection
@@ -131,34 +130,6 @@ def test_data_dependent_pairs_are_upper_counts():
 
 
 # ---------------------------------------------------------------- memory: traced
-
-class LiveTensors(TorchDispatchMode):
-    """An independent reference: the peak bytes of tensors alive at once during a call
-    (every operator's outputs are recorded until they are freed; the inputs are not counted)."""
-
-    def __init__(self, inputs):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen = {}
-        self.held = {t.untyped_storage().data_ptr() for t in inputs}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if key in self.held or key in self.seen or storage.nbytes() == 0:
-                    continue
-                self.seen[key] = storage.nbytes()
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(t, self._free, key)
-        return out
-
-    def _free(self, key):
-        self.live -= self.seen.pop(key, 0)
-
 
 def traced_numbers(name, n, d, dv, sizes, batch=2, heads=3):
     q, k, v = qkv(n, d, dv, seed=n, batch=(batch, heads))

@@ -2,13 +2,12 @@
 import math
 import pathlib
 import sys
-import weakref
 
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from support import LiveTensors
 
 from attnbook import attention
 from attnbook.bench import growth_exponent, peak_and_error
@@ -101,34 +100,6 @@ def test_memory_cap_rejects_bad_input(kwargs, message):
 
 
 # ---------------------------------------------------------------- peak counts
-
-class LiveTensors(TorchDispatchMode):
-    """An independent reference: the peak bytes of tensors alive at once during a call
-    (every operator's outputs are recorded until they are freed; the inputs are not counted)."""
-
-    def __init__(self, inputs):
-        super().__init__()
-        self.live = self.peak = 0
-        self.seen = {}
-        self.held = {t.untyped_storage().data_ptr() for t in inputs}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = storage.data_ptr()
-                if key in self.held or key in self.seen or storage.nbytes() == 0:
-                    continue
-                self.seen[key] = storage.nbytes()
-                self.live += storage.nbytes()
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(t, self._free, key)
-        return out
-
-    def _free(self, key):
-        self.live -= self.seen.pop(key, 0)
-
 
 def traced_numbers(method, n, d, dv, window, batch=2, heads=3):
     g = torch.Generator().manual_seed(n)

@@ -69,3 +69,20 @@ def mask_for(mask, scores_shape, name="mask", dtype=None):
             f"a mask must broadcast to (..., Lq, Lk) = {shape}"
         )
     return mask
+
+
+def at_least(value, name, minimum):
+    """Return int(``value``) if it is an integer > 0 and ≥ ``minimum``, else raise."""
+    positive(value, name, integer=True)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def integer(value, name, minimum=0):
+    """Return int(``value``) if it is an integer ≥ ``minimum`` (zero and negatives allowed by ``minimum``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)

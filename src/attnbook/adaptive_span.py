@@ -36,13 +36,6 @@ LagBatch.__doc__ = """A batch of :func:`lag_task`: tokens (B, L) in 0..V-1, cues
 targets (B, L) in 0..V-1 (IGNORE where the cued lag reaches before the start), all int64."""
 
 
-def _check_int(value, name, minimum):
-    _checks.positive(value, name, integer=True)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def _check_span(span, lq, name="span"):
     _checks.tensor(span, name)
     if span.shape[-1] != lq:
@@ -162,9 +155,9 @@ def lag_task(batch, length=32, *, vocab=8, lags=(1, 4, 12), generator=None):
     ``generator`` (a torch.Generator) makes the batch reproducible.
     -> :class:`LagBatch` (tokens, cues, targets), each (B, L) int64. Cost O(B·L). §6.4.
     """
-    batch = _check_int(batch, "batch", 1)
-    length = _check_int(length, "length", 2)
-    vocab = _check_int(vocab, "vocab", 2)
+    batch = _checks.at_least(batch, "batch", 1)
+    length = _checks.at_least(length, "length", 2)
+    vocab = _checks.at_least(vocab, "vocab", 2)
     lags = tuple(lags)
     if not lags or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in lags):
         raise ValueError(f"lags must be a non-empty tuple of integers ≥ 1, got {lags}")
@@ -201,8 +194,8 @@ class SpanModel(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.vocab, self.length = _check_int(vocab, "vocab", 2), _check_int(length, "length", 2)
-        self.num_heads = _check_int(num_heads, "num_heads", 1)
+        self.vocab, self.length = _checks.at_least(vocab, "vocab", 2), _checks.at_least(length, "length", 2)
+        self.num_heads = _checks.at_least(num_heads, "num_heads", 1)
         _checks.positive(embed_dim, "embed_dim", integer=True)
         if embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} does not divide embed_dim={embed_dim}")
@@ -213,7 +206,7 @@ class SpanModel(nn.Module):
         self.ramp = float(_checks.positive(ramp, "ramp"))
         self.head_dim = embed_dim // num_heads
         self.symbol = nn.Embedding(vocab, embed_dim)
-        self.cue = nn.Embedding(_check_int(cues, "cues", 1), embed_dim)
+        self.cue = nn.Embedding(_checks.at_least(cues, "cues", 1), embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.distance = nn.Parameter(torch.randn(length, embed_dim))    # r_d, d = 0..L-1

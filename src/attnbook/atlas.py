@@ -204,14 +204,6 @@ def variant(name):
     return VARIANTS[name]
 
 
-def _int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
-
-
 def _names(names):
     if names is None:
         return list(VARIANTS)
@@ -238,7 +230,7 @@ def resolve_sizes(name, n, d=64, **sizes):
     number of buckets is 1 or even; top is capped at the number of blocks. §7.1.
     """
     v = variant(name)
-    n, d = _int(n, "n", 1), _int(d, "d", 1)
+    n, d = _checks.integer(n, "n", 1), _checks.integer(d, "d", 1)
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
         raise TypeError(f"unknown size {sorted(unknown)}; the sizes are {list(DEFAULT_SIZES)}")
@@ -252,7 +244,7 @@ def resolve_sizes(name, n, d=64, **sizes):
                 value = min(64, n)
             else:                                    # features: the Performer's default
                 value = max(d, int(d * math.log(d)))
-        out[key] = _int(value, key, 0 if key == "window" else 1)
+        out[key] = _checks.integer(value, key, 0 if key == "window" else 1)
     if "n_buckets" in out and out["n_buckets"] != 1 and out["n_buckets"] % 2:
         raise ValueError(f"n_buckets must be 1 or even, got {out['n_buckets']}")
     for key in ("landmarks", "rank"):
@@ -266,8 +258,8 @@ def resolve_sizes(name, n, d=64, **sizes):
 
 
 def _widths(d, dv):
-    d = _int(d, "d", 1)
-    return d, d if dv is None else _int(dv, "dv", 1)
+    d = _checks.integer(d, "d", 1)
+    return d, d if dv is None else _checks.integer(dv, "dv", 1)
 
 
 # ---------------------------------------------------------------- the counts
@@ -391,7 +383,7 @@ def memory_numbers(name, n, d=64, dv=None, **sizes):
 def memory_bytes(name, n, d=64, dv=None, *, batch=1, heads=1, itemsize=4, **sizes):
     """Peak extra bytes of one call: batch · heads · itemsize · :func:`memory_numbers`. §7.1."""
     for label, value in (("batch", batch), ("heads", heads), ("itemsize", itemsize)):
-        _int(value, label, 1)
+        _checks.integer(value, label, 1)
     return batch * heads * itemsize * memory_numbers(name, n, d, dv, **sizes)
 
 
@@ -406,7 +398,7 @@ def pairs(name, n, **sizes):
     count: n·min(n, 2cR), n·min(n, tb), n·min(n, s) (``VARIANTS[name].pairs_exact`` is False).
     Returns an int. Explained in §7.1.
     """
-    return _pairs(name, _int(n, "n", 1), resolve_sizes(name, n, **sizes))
+    return _pairs(name, _checks.integer(n, "n", 1), resolve_sizes(name, n, **sizes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,7 +487,7 @@ def pool_projection(length, k, dtype=torch.float32, device=None):
     length mod k segments hold one position more), but built without a matrix product, so
     that it adds no FLOPs to a count. Cost O(k·length). Explained in §7.1.
     """
-    length, k = _int(length, "length", 1), _int(k, "k", 1)
+    length, k = _checks.integer(length, "length", 1), _checks.integer(k, "k", 1)
     if k > length:
         raise ValueError(f"k={k} must be at most length={length}: the projection compresses the sequence")
     small, extra = divmod(length, k)

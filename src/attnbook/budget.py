@@ -186,7 +186,7 @@ def kernels(window=32):
     from .linear import linear_attention
     from .sparse import sliding_window_attention
 
-    window = _count(window, "window")
+    window = _checks.integer(window, "window")
     return {
         "naive": lambda q, k, v: attention(q, k, v)[0],
         "sdpa": torch.nn.functional.scaled_dot_product_attention,
@@ -194,14 +194,6 @@ def kernels(window=32):
         "window": lambda q, k, v: sliding_window_attention(q, k, v, window)[0],
         "linear": linear_attention,
     }
-
-
-def _count(value, name, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def _method(method):
@@ -244,10 +236,10 @@ def peak_numbers(method, n, d=64, dv=None, *, window=32, block_q=512, block_k=25
     to about twice the count at some lengths). Explained in §6.1.
     """
     _method(method)
-    n, d = _count(n, "n"), _count(d, "d", 1)
-    dv = d if dv is None else _count(dv, "dv", 1)
-    window = _count(window, "window")
-    block_q, block_k = _count(block_q, "block_q", 1), _count(block_k, "block_k", 1)
+    n, d = _checks.integer(n, "n"), _checks.integer(d, "d", 1)
+    dv = d if dv is None else _checks.integer(dv, "dv", 1)
+    window = _checks.integer(window, "window")
+    block_q, block_k = _checks.integer(block_q, "block_q", 1), _checks.integer(block_k, "block_k", 1)
     if n == 0:
         return 0
     if method == "naive":
@@ -272,7 +264,7 @@ def peak_bytes(method, n, d=64, dv=None, *, batch=1, heads=1, itemsize=4, **size
     ``sizes`` passes window, block_q and block_k on. itemsize 4 for float32, 2 for
     bfloat16/float16. Returns an int (exact for any n, however large). Explained in §6.1.
     """
-    _count(batch, "batch", 1), _count(heads, "heads", 1), _count(itemsize, "itemsize", 1)
+    _checks.integer(batch, "batch", 1), _checks.integer(heads, "heads", 1), _checks.integer(itemsize, "itemsize", 1)
     return batch * heads * itemsize * peak_numbers(method, n, d, dv, **sizes)
 
 
@@ -307,10 +299,10 @@ def length_ladder(cap_bytes, method="naive", *, start=256, factor=2, longest=Non
     Stops at :func:`max_length` (and at ``longest`` when given): the lengths a measurement can
     safely run. An empty list when even ``start`` does not fit. Explained in §6.1.
     """
-    start, factor = _count(start, "start", 1), _count(factor, "factor", 2)
+    start, factor = _checks.integer(start, "start", 1), _checks.integer(factor, "factor", 2)
     top = max_length(method, cap_bytes, **options)
     if longest is not None:
-        top = min(top, _count(longest, "longest", 1))
+        top = min(top, _checks.integer(longest, "longest", 1))
     ladder, n = [], start
     while n <= top:
         ladder.append(n)
@@ -385,7 +377,7 @@ def document_tokens(words, tokens_per_word=4 / 3):
     4/3 tokens per word is a rule of thumb for English with a GPT-2-style BPE vocabulary (a
     thousand tokens hold about 750 words); other languages and tokenisers differ. §6.1.
     """
-    _count(words, "words", 1)
+    _checks.integer(words, "words", 1)
     _checks.positive(tokens_per_word, "tokens_per_word")
     return round(words * tokens_per_word)
 
@@ -396,7 +388,7 @@ def image_tokens(height, width, patch=1):
     patch = 1 makes every pixel a token; a ViT uses patch = 16 (the image is padded to a
     whole number of patches). Explained in §6.1.
     """
-    height, width, patch = _count(height, "height", 1), _count(width, "width", 1), _count(patch, "patch", 1)
+    height, width, patch = _checks.integer(height, "height", 1), _checks.integer(width, "width", 1), _checks.integer(patch, "patch", 1)
     return -(-height // patch) * -(-width // patch)
 
 
@@ -406,9 +398,9 @@ def score_matrix_bytes(n, *, heads=1, layers=1, batch=1, itemsize=4):
     One matrix per head of each layer; a forward pass needs one layer's at a time, training
     keeps them all for the backward pass unless it recomputes them (§5.3). §6.1.
     """
-    n = _count(n, "n")
+    n = _checks.integer(n, "n")
     for name, v in (("heads", heads), ("layers", layers), ("batch", batch), ("itemsize", itemsize)):
-        _count(v, name, 1)
+        _checks.integer(v, name, 1)
     return batch * layers * heads * n * n * itemsize
 
 

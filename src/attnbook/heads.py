@@ -30,13 +30,6 @@ TwoRelationBatch.__doc__ = """A batch of :func:`two_relation_task`: tokens (B, L
 (B, L) in 0..V²-1 (IGNORE at position 0) and the marked positions (B,)."""
 
 
-def _check_int(value, name, minimum):
-    _checks.positive(value, name, integer=True)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def _check_index(x, name):
     """Raise unless ``x`` is an int64 tensor (token ids or positions)."""
     _checks.tensor(x, name, floating=False)
@@ -55,9 +48,9 @@ def two_relation_task(batch, length=8, vocab=6, *, generator=None):
     -> :class:`TwoRelationBatch` (tokens (B, L), targets (B, L), marked (B,)), all int64.
     Cost O(B·L). Explained in §3.3.
     """
-    batch = _check_int(batch, "batch", 1)
-    length = _check_int(length, "length", 2)
-    vocab = _check_int(vocab, "vocab", 2)
+    batch = _checks.at_least(batch, "batch", 1)
+    length = _checks.at_least(length, "length", 2)
+    vocab = _checks.at_least(vocab, "vocab", 2)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     symbols = torch.randint(vocab, (batch, length), generator=generator)
@@ -74,7 +67,7 @@ def token_names(tokens, vocab):
     """Readable labels for a sequence (L,) of the task: symbol k is the letter 'a' + k, and the
     marked token is written in capitals with a star, e.g. ['c', 'a', '*F', 'b']. §3.3."""
     _check_index(tokens, "tokens")
-    vocab = _check_int(vocab, "vocab", 1)
+    vocab = _checks.at_least(vocab, "vocab", 1)
     if tokens.dim() != 1:
         raise ValueError(f"tokens must be one sequence (L,), got shape {tuple(tokens.shape)}")
     if tokens.min() < 0 or tokens.max() >= 2 * vocab:
@@ -100,9 +93,9 @@ class HeadsModel(nn.Module):
 
     def __init__(self, vocab=6, length=8, embed_dim=32, num_heads=2, hidden_dim=64, *, position_std=2.0):
         super().__init__()
-        self.vocab = _check_int(vocab, "vocab", 2)
-        self.length = _check_int(length, "length", 2)
-        self.num_heads = _check_int(num_heads, "num_heads", 1)
+        self.vocab = _checks.at_least(vocab, "vocab", 2)
+        self.length = _checks.at_least(length, "length", 2)
+        self.num_heads = _checks.at_least(num_heads, "num_heads", 1)
         self.token = nn.Embedding(vocab, embed_dim)
         self.mark = nn.Embedding(2, embed_dim)
         self.position = nn.Embedding(length, embed_dim)
@@ -191,7 +184,7 @@ def ablation_accuracies(model, batch):
 
 def previous_token_targets(length):
     """The relation "j = i - 1" as a boolean (L, L) matrix, True at (i, i-1). §3.3."""
-    length = _check_int(length, "length", 2)
+    length = _checks.at_least(length, "length", 2)
     return torch.ones(length, length, dtype=torch.bool).tril(-1).triu(-1)
 
 
@@ -199,7 +192,7 @@ def marked_token_targets(marked, length):
     """The relation "j = m_b" for marked positions m (B,): boolean (B, L, L), True at (b, i, m_b)
     for every query i. §3.3."""
     _check_index(marked, "marked")
-    length = _check_int(length, "length", 1)
+    length = _checks.at_least(length, "length", 1)
     if marked.dim() != 1:
         raise ValueError(f"marked must be (B,), one position per sequence, got shape {tuple(marked.shape)}")
     if marked.min() < 0 or marked.max() >= length:

@@ -40,13 +40,6 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u")
 
 
-def _check_int(value, name, minimum):
-    _checks.positive(value, name, integer=True)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def _check_generator(generator):
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -71,9 +64,9 @@ def make_hierarchy(regions=4, countries=2, cities=3, *, generator=None):
     Triples: (country, "part_of", region) and (city, "located_in", country).
     -> :class:`KnowledgeGraph` with E = r + r·k + r·k·c entities and E − r triples. Cost O(E). §6.4.
     """
-    regions = _check_int(regions, "regions", 1)
-    countries = _check_int(countries, "countries", 1)
-    cities = _check_int(cities, "cities", 1)
+    regions = _checks.at_least(regions, "regions", 1)
+    countries = _checks.at_least(countries, "countries", 1)
+    cities = _checks.at_least(cities, "cities", 1)
     _check_generator(generator)
     n_countries, n_cities = regions * countries, regions * countries * cities
     kinds = torch.tensor([0] * regions + [1] * n_countries + [2] * n_cities)
@@ -171,9 +164,9 @@ def lookup_task(graph, batch, *, tags=8, questions=None, held_out=None, split="t
     """
     if not isinstance(graph, KnowledgeGraph):
         raise TypeError(f"graph must be a KnowledgeGraph, got {type(graph).__name__}")
-    batch = _check_int(batch, "batch", 1)
+    batch = _checks.at_least(batch, "batch", 1)
     n, regions = len(graph.kinds), int((graph.kinds == 0).sum())
-    tags = _check_int(tags, "tags", regions)
+    tags = _checks.at_least(tags, "tags", regions)
     if split not in ("train", "test", "all"):
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if held_out is None:
@@ -218,9 +211,9 @@ class GraphAttentionModel(nn.Module):
 
     def __init__(self, entities, tags=8, embed_dim=32, num_heads=2, layers=2, *, adjacency=None):
         super().__init__()
-        self.entities = _check_int(entities, "entities", 1)
-        self.tags = _check_int(tags, "tags", 1)
-        _check_int(layers, "layers", 1)
+        self.entities = _checks.at_least(entities, "entities", 1)
+        self.tags = _checks.at_least(tags, "tags", 1)
+        _checks.at_least(layers, "layers", 1)
         if adjacency is not None:
             _check_adjacency(adjacency)
             if adjacency.shape[0] != entities:

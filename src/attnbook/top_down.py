@@ -39,16 +39,9 @@ the cell of the object drawn at full intensity; cue (N,) the cued colour, target
 object of that colour and target_cell (N,) its cell."""
 
 
-def _check_int(value, name, minimum):
-    _checks.positive(value, name, integer=True)
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def glyphs(cell=5):
     """The three shapes as (3, c, c) 0/1 masks: a filled square, a plus and a ring. §6.4."""
-    cell = _check_int(cell, "cell", 5)
+    cell = _checks.at_least(cell, "cell", 5)
     g = torch.zeros(len(SHAPES), cell, cell)
     mid, lo, hi = cell // 2, 1, cell - 1
     g[0, lo:hi, lo:hi] = 1                                  # square, one pixel of margin
@@ -68,9 +61,9 @@ def search_scenes(count, *, grid=5, cell=5, objects=4, dim=0.4, noise=0.05, gene
     one of the objects, chosen uniformly; the answer is its shape.
     -> :class:`SearchScenes`. Cost O(N·G²·c²). Explained in §6.4.
     """
-    count = _check_int(count, "count", 1)
-    grid, cell = _check_int(grid, "grid", 2), _check_int(cell, "cell", 5)
-    objects = _check_int(objects, "objects", 1)
+    count = _checks.at_least(count, "count", 1)
+    grid, cell = _checks.at_least(grid, "grid", 2), _checks.at_least(cell, "cell", 5)
+    objects = _checks.at_least(objects, "objects", 1)
     if objects > len(COLOURS) or objects > grid * grid:
         raise ValueError(f"objects={objects} must be at most {len(COLOURS)} (one per colour) "
                          f"and grid² = {grid * grid}")
@@ -101,7 +94,7 @@ def search_scenes(count, *, grid=5, cell=5, objects=4, dim=0.4, noise=0.05, gene
 def cell_patches(images, cell):
     """Cut images (N, 3, G·c, G·c) into the G² cells, row by row: (N, G², 3·c·c). §6.4."""
     _checks.tensor(images, "images", min_dim=4)
-    cell = _check_int(cell, "cell", 1)
+    cell = _checks.at_least(cell, "cell", 1)
     if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3] or images.shape[2] % cell:
         raise ValueError(f"images must be (N, 3, S, S) with S a multiple of cell={cell}, got {tuple(images.shape)}")
     n, _, side, _ = images.shape
@@ -151,7 +144,7 @@ class CuedSearchModel(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.mode, self.cell = mode, _check_int(cell, "cell", 5)
+        self.mode, self.cell = mode, _checks.at_least(cell, "cell", 5)
         pixels = 3 * cell * cell
         self.key = nn.Linear(pixels, embed_dim)
         self.value = nn.Sequential(nn.Linear(pixels, hidden), nn.ReLU(), nn.Linear(hidden, embed_dim))
