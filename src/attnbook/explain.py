@@ -29,7 +29,7 @@ CMAP = "viridis"
 # --- the model --------------------------------------------------------------------------------
 
 class SceneViT(nn.Module):
-    """logits = ViT((x − μ) / σ): the ViT of §4.3 behind a fixed per-channel standardisation.
+    """logits = ViT((x − μ) / σ): the ViT of §4.4 behind a fixed per-channel standardisation.
 
     ``images`` (N, C, H, W), the training images, fix μ and σ (C,) and the image size; the ViT
     cuts H × W into ``patch_size``² patches (``grid`` = (H/P, W/P)), has ``depth`` blocks of

@@ -1,4 +1,4 @@
-"""Attention for images: gates and non-local blocks inside CNNs (§3.6), the Vision Transformer (§4.3).
+"""Attention for images: gates and non-local blocks inside CNNs (§3.6), the Vision Transformer (§4.4).
 
 Images are batches (B, C, H, W), as for ``torch.nn.Conv2d``; the non-local block also takes
 video (B, C, T, H, W). The CNN modules return their output, as a layer in ``nn.Sequential``
@@ -207,7 +207,7 @@ class NonLocalBlock(nn.Module):
         return self.w_z(y).transpose(1, 2).reshape(x.shape) + x
 
 
-# ---------------------------------------------------------------- the Vision Transformer (§4.3)
+# ---------------------------------------------------------------- the Vision Transformer (§4.4)
 
 def patchify(images, patch_size):
     """Cut images into non-overlapping P×P patches, each flattened: (..., C, H, W) -> (..., N, C·P·P).
@@ -215,7 +215,7 @@ def patchify(images, patch_size):
     N = (H/P)·(W/P) patches in row-major order (patch (r, c) of the grid is number r·W/P + c);
     each patch is flattened as ``torch.flatten`` flattens a (C, P, P) image, so a linear map
     with weight ``conv.weight.flatten(1)`` equals a convolution with kernel and stride P.
-    Cost O(C·H·W) time and memory per image (one copy). Explained in §4.3.
+    Cost O(C·H·W) time and memory per image (one copy). Explained in §4.4.
     """
     _checks.tensor(images, "images", min_dim=3, floating=False)
     c, h, w = images.shape[-3:]
@@ -229,7 +229,7 @@ def patchify(images, patch_size):
 def unpatchify(patches, patch_size, image_size):
     """The inverse of :func:`patchify`: (..., N, C·P·P) -> images (..., C, H, W).
 
-    ``image_size`` is H = W or (H, W); N must be (H/P)·(W/P). Cost O(C·H·W) per image. §4.3.
+    ``image_size`` is H = W or (H, W); N must be (H/P)·(W/P). Cost O(C·H·W) per image. §4.4.
     """
     _checks.tensor(patches, "patches", min_dim=2, floating=False)
     h, w = _size(image_size)
@@ -251,7 +251,7 @@ class PatchEmbedding(nn.Module):
     N = (H/P)·(W/P). The projection E is ``proj``, a convolution with kernel and stride P:
     the same as :func:`patchify` followed by a linear map with weight ``proj.weight.flatten(1)``.
     ``class_token`` and ``positions`` (learned, one per token) are optional.
-    Cost O(B·N·C·P²·E) time, O(B·N·E) memory. Explained in §4.3.
+    Cost O(B·N·C·P²·E) time, O(B·N·E) memory. Explained in §4.4.
     """
 
     def __init__(self, image_size, patch_size, in_channels, embed_dim, *, class_token=True, positions=True):
@@ -287,7 +287,7 @@ class ViTBlock(nn.Module):
     x (B, N, E) -> (x (B, N, E), weights (B, h, N, N)); MHA is :class:`attnbook.MultiHeadAttention`,
     MLP = Linear(E, r·E), GELU, Linear(r·E, E) with r = ``mlp_ratio``. The same computation as
     ``torch.nn.TransformerEncoderLayer(norm_first=True, activation="gelu", dropout=0)``.
-    Cost O(B·N²·E + B·N·E²·r) time, O(B·h·N² + B·N·E·r) memory. Explained in §4.3.
+    Cost O(B·N²·E + B·N·E²·r) time, O(B·h·N² + B·N·E·r) memory. Explained in §4.4.
     """
 
     def __init__(self, embed_dim, num_heads, mlp_ratio=4.0):
@@ -318,7 +318,7 @@ class ViT(nn.Module):
     ``depth`` pre-norm blocks of ``heads`` heads; the class token's final state is classified.
     ``positions=False`` drops the position embeddings (the model then ignores patch order).
     Small enough (embed_dim 32, depth 2) to train on 8×8 digits in seconds on a CPU.
-    Cost O(depth·(B·N²·E + B·N·E²·r)) time. Explained in §4.3.
+    Cost O(depth·(B·N²·E + B·N·E²·r)) time. Explained in §4.4.
     """
 
     def __init__(self, image_size, patch_size, in_channels, num_classes, embed_dim, depth, heads, *,
