@@ -729,3 +729,237 @@ def test_flops_check_refuses_an_unknown_variant():
 
     with pytest.raises(ValueError, match="variant must be one of"):
         check_flops(lambda n, d, dv: 0, "flash")
+
+
+# ---------------------------------------------------------------- patchify (§4.4)
+
+def _patchify(x, p, *, order="row", layout="chw"):
+    """Patches by a brute-force loop over the grid, with switches for the usual mistakes."""
+    b, c, h, w = x.shape
+    cells = [(r, k) for r in range(h // p) for k in range(w // p)]
+    if order == "column":
+        cells = sorted(cells, key=lambda rc: (rc[1], rc[0]))
+    tokens = []
+    for r, k in cells:
+        block = x[:, :, r * p:(r + 1) * p, k * p:(k + 1) * p]
+        tokens.append((block if layout == "chw" else block.permute(0, 2, 3, 1)).reshape(b, -1))
+    return torch.stack(tokens, dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_patchify_check_accepts_correct_solutions(capsys, seed):
+    from attnbook.exercises import check_patchify
+    from attnbook.vision import patchify
+
+    unfold = lambda x, p: torch.nn.functional.unfold(x, p, stride=p).transpose(1, 2)  # noqa: E731
+    for fn in (patchify, _patchify, unfold):
+        assert verdict(capsys, check_patchify, fn, seed=seed) == (True, "✅ patchify is correct")
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda x, p: _patchify(x, p, order="column"), "column-major order"),
+    (lambda x, p: _patchify(x, p, layout="hwc"), "channel last"),
+    (lambda x, p: torch.nn.functional.unfold(x, p, stride=p), "axes are swapped"),
+    (lambda x, p: x.reshape(len(x), -1, 3 * p * p), "reshape alone"),
+    (lambda x, p: _patchify(x, p)[:, :-1], "expected shape"),
+    (lambda x, p: _patchify(x, p) + 0.1, "differ from the reference"),
+    (lambda x, p: _patchify(x, p).tolist(), "expected a torch.Tensor"),
+    (lambda x, p: x.unfold(5, p, p), "your function raised"),
+])
+def test_patchify_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_patchify
+
+    result, line = verdict(capsys, check_patchify, fn)
+    assert result is False and message in line, line
+
+
+@pytest.mark.parametrize("fn, ok, message", [
+    (lambda h, m: __import__("attnbook.minilm").minilm.mean_pool(h, m), True, "embeddings match"),
+    (lambda h, m: torch.nn.functional.normalize((h * m[..., None]).sum(1) / m.sum(1, keepdim=True), dim=-1),
+     True, "embeddings match"),
+    (lambda h, m: torch.nn.functional.normalize(h.mean(1), dim=-1), False, "averaged over the [PAD]"),
+    (lambda h, m: (h * m[..., None]).sum(1) / m.sum(1, keepdim=True), False, "not normalised"),
+    (lambda h, m: (h * m[..., None]).sum(1) / h.shape[1], False, "not by L"),
+    (lambda h, m: torch.nn.functional.normalize((h * ~m[..., None]).sum(1), dim=-1), False, "True means a real"),
+    (lambda h, m: torch.nn.functional.normalize(
+        (torch.nn.functional.normalize(h, dim=-1) * m[..., None]).sum(1), dim=-1), False, "pool first"),
+    (lambda h, m: torch.nn.functional.normalize(h[:, 0], dim=-1), False, "[CLS]"),
+    (lambda h, m: h.mean(), False, "expected shape (3, 5)"),
+    (lambda h: h, False, "raised TypeError"),
+])
+def test_mean_pooling_check_names_the_mistake(capsys, fn, ok, message):
+    from attnbook.exercises import check_mean_pooling
+
+    result, line = verdict(capsys, check_mean_pooling, fn)
+    assert result is ok and message in line, line
+
+
+# ---------------------------------------------------------------- RMSNorm (§4.2)
+
+def _rms(x, w, eps):
+    return w * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+@pytest.mark.parametrize("fn, ok, message", [
+    (_rms, True, "RMSNorm is correct"),
+    (lambda x, w, eps: torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps), True, "RMSNorm is correct"),
+    (lambda x, w, eps: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, None, eps), False, "this is LayerNorm"),
+    (lambda x, w, eps: _rms(x, 1.0, eps), False, "the gain is missing"),
+    (lambda x, w, eps: w * x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps), False, "ε is added after"),
+    (lambda x, w, eps: _rms(x, w, 0.0), False, "ε is missing"),
+    (lambda x, w, eps: w * x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps), False, "Σ x² / d"),
+    (lambda x, w, eps: w * x / torch.sqrt(x.var(-1, keepdim=True) + eps), False, "standard deviation"),
+    (lambda x, w, eps: w * x / torch.sqrt(x.pow(2).mean(-2, keepdim=True) + eps), False, "wrong axis"),
+    (lambda x, w, eps: w * x * torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps), False, "divide by it"),
+    (lambda x, w, eps: _rms(x, w, eps)[..., :3], False, "expected shape (2, 5, 6)"),
+    (lambda x, w, eps: _rms(x, w, eps) + 0.1, False, "values differ"),
+    (lambda x, w: x, False, "raised TypeError"),
+])
+def test_rms_norm_check_names_the_mistake(capsys, fn, ok, message):
+    from attnbook.exercises import check_rms_norm
+
+    result, line = verdict(capsys, check_rms_norm, fn)
+    assert result is ok and message in line, line
+
+
+# ---------------------------------------------------------------- check_skew (§4.5)
+
+def _skew(qe, pad=(1, 0), rows=slice(1, None)):
+    import torch.nn.functional as F
+
+    L = qe.shape[-1]
+    return F.pad(qe, pad).reshape(*qe.shape[:-2], L + 1, L)[..., rows, :]
+
+
+def test_skew_check_accepts_the_reference_and_the_library():
+    from attnbook.audio import relative_logits
+    from attnbook.exercises import check_skew
+
+    assert check_skew(_skew) is True
+    eye = torch.eye(6, dtype=torch.float64)                            # Q = I: relative_logits(I, E) skews Eᵀ
+    assert check_skew(lambda qe: relative_logits(eye.expand(*qe.shape[:-2], 6, 6).contiguous(),
+                                                 qe.transpose(-2, -1))) is True
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda qe: qe, "nothing is skewed"),
+    (lambda qe: _skew(qe, pad=(0, 1), rows=slice(0, 6)), "goes on the left"),
+    (lambda qe: _skew(qe, rows=slice(0, 6)), "keep the last L rows"),
+    (lambda qe: _skew(qe.flip(-1)), "read backwards"),
+    (lambda qe: _skew(qe, rows=slice(None)), "drop the first row"),
+    (lambda qe: _skew(qe) + 1, "values differ"),
+    (lambda qe: qe.sum(), "expected shape"),
+    (lambda qe: 1 / 0, "raised ZeroDivisionError"),
+])
+def test_skew_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_skew
+
+    result, line = verdict(capsys, check_skew, fn)
+    assert result is False and message in line, line
+
+
+# ---------------------------------------------------------------- greedy decoding with a KV cache (§4.1)
+
+def _greedy(model, src, steps, position=lambda t: t, fresh=False, keep_bos=False):
+    """A student's greedy decoder with a KV cache, with optional mistakes."""
+    from attnbook.transformer import KVCache
+    from attnbook.translation import BOS
+
+    memory, _ = model.encode(src)
+    cache, token = KVCache(model.decoder.num_layers), torch.full((src.shape[0], 1), BOS)
+    tokens, logits = [token] if keep_bos else [], []
+    for t in range(steps):
+        cache = KVCache(model.decoder.num_layers) if fresh else cache
+        y, _ = model.decoder.forward_step(model.embed_target(token, start=position(t)), memory, cache,
+                                          memory_mask=model.source_mask(src))
+        logits.append(model.out(y[:, -1]))
+        token = logits[-1].argmax(-1, keepdim=True)
+        tokens.append(token)
+    return torch.cat(tokens, 1), torch.stack(logits, 1)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_greedy_check_accepts_a_cached_decoder_and_the_library(capsys, seed):
+    from attnbook.exercises import check_greedy_decode
+
+    assert verdict(capsys, check_greedy_decode, _greedy, seed=seed)[0]
+    assert verdict(capsys, check_greedy_decode, lambda m, s, n: m.greedy(s, n)[:2], seed=seed)[0]
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda m, s, n: _greedy(m, s, n, position=lambda t: 0), "embedded at position 0"),
+    (lambda m, s, n: _greedy(m, s, n, fresh=True), "empty cache"),
+    (lambda m, s, n: _greedy(m, s, n, position=lambda t: t + 1), "off by one"),
+    (lambda m, s, n: _greedy(m, s, n, keep_bos=True), "without the BOS"),
+    (lambda m, s, n: m.greedy(s, 11)[:2], "expected shape (3, 7, 14), got (3, 11, 14)"),
+    (lambda m, s, n: (m.greedy(s, n)[0].float(), m.greedy(s, n)[1]), "long tensor of ids"),
+    (lambda m, s, n: m.greedy(s, n)[1], "expected a pair"),
+    (lambda m, s, n: (m.greedy(s, n)[0], m.greedy(s, n)[1] + 0.1), "from step 0 on"),
+    (lambda m, s, n: 1 / 0, "raised ZeroDivisionError"),
+])
+def test_greedy_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_greedy_decode
+
+    result, line = verdict(capsys, check_greedy_decode, fn)
+    assert result is False and message in line, line
+
+
+def _symmetric_cross_entropy(logits):
+    target = torch.arange(len(logits))
+    return (torch.nn.functional.cross_entropy(logits, target)
+            + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+
+
+def _info_nce(x, t, tau):
+    import torch.nn.functional as F
+    return _symmetric_cross_entropy(F.normalize(x, dim=-1) @ F.normalize(t, dim=-1).T / tau)
+
+
+def test_info_nce_check_accepts_the_reference():
+    from attnbook.exercises import check_info_nce
+
+    assert check_info_nce(_info_nce) is True
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda x, t, tau: _symmetric_cross_entropy(x @ t.T / tau), "not normalised"),
+    (lambda x, t, tau: torch.nn.functional.cross_entropy(
+        torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).T / tau,
+        torch.arange(6)), "only the image → text"),
+    (lambda x, t, tau: _info_nce(x, t, 1 / tau), "multiplied by the temperature"),
+    (lambda x, t, tau: _info_nce(x, t, 1.0), "temperature is missing"),
+    (lambda x, t, tau: 2 * _info_nce(x, t, tau), "not halved"),
+    (lambda x, t, tau: 6 * _info_nce(x, t, tau), "summed over the pairs"),
+    (lambda x, t, tau: _info_nce(x, t, tau) + 0.1, "values differ"),
+    (lambda x, t, tau: _info_nce(x, t, tau).expand(2), "expected shape"),
+    (lambda x, t, tau: x.foo, "raised AttributeError"),
+])
+def test_info_nce_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_info_nce
+
+    result, line = verdict(capsys, check_info_nce, fn)
+    assert result is False and message in line, line
+
+
+def test_modality_gap_check_accepts_the_reference():
+    from attnbook.exercises import check_modality_gap
+
+    assert check_modality_gap(lambda f, t: (f.mean(0) - t.mean(0)).norm()) is True
+    assert check_modality_gap(lambda f, t: float((f.mean(0) - t.mean(0)).norm())) is True
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda f, t: (f.mean(0) - t.mean(0)).pow(2).sum(), "squared distance"),
+    (lambda f, t: (f[:, None] - t[None]).norm(dim=-1).mean(), "all image-text pairs"),
+    (lambda f, t: (f[:4] - t).norm(dim=-1).mean(), "one to one"),
+    (lambda f, t: (f.mean(0) / f.mean(0).norm() - t.mean(0) / t.mean(0).norm()).norm(), "normalised"),
+    (lambda f, t: (f.sum(0) - t.sum(0)).norm(), "summed"),
+    (lambda f, t: (f.mean(0) - t.mean(0)).norm() + 0.1, "expected"),
+    (lambda f, t: "gap", "expected a number"),
+    (lambda f, t: f @ t, "raised RuntimeError"),
+])
+def test_modality_gap_check_names_the_mistake(capsys, fn, message):
+    from attnbook.exercises import check_modality_gap
+
+    result, line = verdict(capsys, check_modality_gap, fn)
+    assert result is False and message in line, line

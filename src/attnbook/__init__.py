@@ -12,7 +12,7 @@ module              what it holds                                               
 ``transformer``     self/cross-attention, encoder and decoder layers, KV cache   3.2, 4.1
 ``axial``           axial attention over rows then columns                       3.4
 ``sparse``          sliding window, block, global, strided, LSH patterns         3.5
-``vision``          SE, CBAM, attention gate, non-local block, ViT              3.6, 4.3
+``vision``          SE, CBAM, attention gate, non-local block, ViT              3.6, 4.4
 ``positions``       sinusoidal, learned, relative, T5, RoPE, ALiBi               5.1
 ``linear``          linear attention, Performer (FAVOR+)                         5.2
 ``lowrank``         Nyström, Linformer, singular values of attention             5.2
@@ -39,12 +39,19 @@ module              what it holds                                               
 ``reach``           receptive fields of sparse patterns, LSH bucket statistics   3.5
 ``shapes``          synthetic images for segmentation and long-range tasks       3.6
 ``convnets``        tiny CNNs and U-Nets with and without attention blocks       3.6
+``translation``     written dates to ISO dates, an encoder-decoder Transformer   4.1
+``families``        BERT masking, GPT and LLaMA blocks (RMSNorm, SwiGLU, GQA)    4.2
+``minilm``          all-MiniLM-L6-v2: checked weights, WordPiece, the encoder    4.3
+``vision_apps``     ViT maps on digits, gated CNNs, a text-to-image denoiser     4.4
+``audio``           synthetic speech and melodies, LAS, skewed relative attention 4.5
+``multimodal``      captioned digits, a CLIP-style model, video-text alignment   4.6
+``alignment``       the modality gap, attribute and word-order probes of CLIP    6.3
 ``extrapolation``   a copy-back task and a small model for each position scheme  5.1
 ``approx``          inputs, implied weight matrices and errors of approximations 5.2
 ``roofline``        FLOPs, bytes, saved tensors, tile frames, achieved GFLOP/s   5.3
 ``explain``         a small ViT on scenes, attribution scores, attention edits   5.4
 ``budget``          memory caps, safe lengths, power-law fits and projections    6.1
-``digits``          scikit-learn's 8×8 digits, a small ViT and a CNN to compare  6.2, 4.3
+``digits``          scikit-learn's 8×8 digits, a small ViT and a CNN to compare  4.4, 6.2
 ``adaptive_span``   learned attention spans (soft ramp masks) per head or token  6.4
 ``knowledge_graph`` a generated knowledge graph and the attention mask it gives  6.4
 ``top_down``        cue-driven (top-down) against saliency (bottom-up) attention 6.4

@@ -899,7 +899,7 @@ def _vit_count(size, patch, channels, classes, embed, depth, ratio, *, bias=True
 
 def check_vit_parameters(fn):
     """Check ``fn(image_size, patch_size, channels, classes, embed_dim, depth, mlp_ratio)`` = the
-    number of parameters of the ViT of §4.3 and §6.2 (:class:`attnbook.vision.ViT`). §6.2.
+    number of parameters of the ViT of §4.4 and §6.2 (:class:`attnbook.vision.ViT`). §6.2.
 
     With N = (S/P)² patches and h = round(E·r) hidden units: C·P²·E + E (patch projection),
     E (class token), (N + 1)·E (positions), per block 4(E² + E) (attention) + E·h + h + h·E + E
@@ -1064,3 +1064,315 @@ def check_flops(fn, variant="window", seed=0):
     where, got, want = wrong[0]
     why = next((message for formula, message in mistakes if matches(formula)), None)
     return _report(False, f"{where}: {why or f'expected {want:,} FLOPs, got {got:,}'}")
+
+
+def check_patchify(fn, seed=0):
+    """Check ``fn(images, patch_size)`` cuts images into the flattened patch tokens of a ViT. §4.4.
+
+    images (B, C, H, W) -> (B, N, C·P·P), N = (H/P)·(W/P) patches in row-major order (patch
+    (r, c) of the grid is token r·W/P + c), each flattened channel first, as
+    ``torch.flatten`` flattens a (C, P, P) block: the layout of
+    :func:`attnbook.vision.patchify`, for which a linear map with weight
+    ``conv.weight.flatten(1)`` equals a convolution with kernel and stride P. The check uses
+    images (2, 3, 6, 8) and P = 2 (a 3 × 4 grid of 12 tokens of 12 numbers). Names the usual
+    mistakes: patches in column-major order, pixels flattened channel last, the token and
+    feature axes swapped (the layout of ``F.unfold``), a reshape without a permute.
+    """
+    from .vision import patchify
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 6, 8, generator=g, dtype=torch.float64)
+    p = 2
+    try:
+        got = _run(fn, x, p)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    want = patchify(x, p)
+    blocks = x.unflatten(-1, (4, p)).unflatten(-3, (3, p))                # (B, C, rows, P, cols, P)
+    if isinstance(got, torch.Tensor) and got.shape == (2, 12, 12) and got.dtype == want.dtype:
+        if torch.allclose(got, want.transpose(1, 2)):
+            return _report(False, "the token and feature axes are swapped (the layout of F.unfold); "
+                                  "return (B, N, C·P·P) = (2, 12, 12) with one row per patch")
+    return _verdict(_compare(got, want, "patches"), [
+        (lambda: _close(got, blocks.permute(0, 4, 2, 1, 3, 5).reshape(2, 12, 12)),
+         "the patches are in column-major order; number them row by row: patch (r, c) is token r·W/P + c"),
+        (lambda: _close(got, blocks.permute(0, 2, 4, 3, 5, 1).reshape(2, 12, 12)),
+         "each patch is flattened channel last (P, P, C); flatten it channel first (C, P, P), like a "
+         "convolution's weight"),
+        (lambda: _close(got, x.reshape(2, 12, 12)),
+         "a reshape alone does not cut patches: split H and W into (rows, P) and (cols, P), then permute"),
+    ], "patchify is correct")
+
+
+def check_mean_pooling(fn, seed=0):
+    """Check ``fn(hidden, mask)``: sentence embeddings by masked mean pooling, then L2 normalisation (§4.3).
+
+    hidden (B, L, E), mask (B, L) bool (True = a real token, False = [PAD]) -> (B, E) with
+    e_b = m_b / ‖m_b‖, m_b = Σ_i mask_bi hidden_bi / Σ_i mask_bi: the pooling of all-MiniLM-L6-v2.
+    Runs it on B = 3 sentences of 6, 4 and 1 real tokens padded to L = 7, E = 5, with large
+    values at the padded positions, and names the usual mistakes.
+    """
+    import torch.nn.functional as F
+
+    from .minilm import mean_pool
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([6, 4, 1])
+    mask = torch.arange(7)[None, :] < lengths[:, None]                        # (3, 7)
+    hidden = torch.randn(3, 7, 5, generator=g) + 0.5
+    hidden = torch.where(mask[..., None], hidden, 10 + 5 * torch.rand(3, 7, 5, generator=g))
+    want = mean_pool(hidden, mask)
+    try:
+        got = _run(fn, hidden.clone(), mask.clone())
+    except _Raised as raised:
+        return _report(False, str(raised))
+    m = mask[..., None].float()
+    masked_mean = (hidden * m).sum(1) / m.sum(1)
+    diagnoses = [
+        (lambda: _close(got, F.normalize(hidden.mean(1), dim=-1)),
+         "you averaged over the [PAD] positions too: weight each token by the mask and divide by the "
+         "number of real tokens"),
+        (lambda: _close(got, masked_mean),
+         "the masked mean is right, but not normalised: divide each embedding by its L2 norm"),
+        (lambda: _close(got, (hidden * m).sum(1) / hidden.shape[1]),
+         "divide by the number of real tokens (mask.sum), not by L, and then normalise to unit length"),
+        (lambda: _close(got, F.normalize((hidden * ~mask[..., None]).sum(1), dim=-1)),
+         "you kept the padding and dropped the real tokens: in the mask True means a real token"),
+        (lambda: _close(got, F.normalize((F.normalize(hidden, dim=-1) * m).sum(1), dim=-1)),
+         "you normalised every token before pooling: pool first, then normalise the mean once"),
+        (lambda: _close(got, F.normalize(hidden, dim=-1)[:, 0]) or _close(got, F.normalize(hidden[:, 0], dim=-1)),
+         "that is the first token ([CLS]) only: all-MiniLM-L6-v2 averages all real tokens"),
+    ]
+    problem = _compare(got, want, "embeddings")
+    return _verdict(problem, diagnoses,
+                    "mean pooling over the real tokens, then unit length: the embeddings match")
+
+
+def check_rms_norm(fn, seed=0):
+    """Check ``fn(x, weight, eps)`` = RMSNorm: g ⊙ x / √(mean_i x_i² + ε) over the last axis. §4.2.
+
+    Runs on x (2, 5, 6) with a non-zero mean (so that LayerNorm differs), a random gain g (6,)
+    and ε = 0.01 (so that where ε goes shows). Names the usual mistakes: LayerNorm (the mean
+    subtracted), no gain, ε outside the square root or missing, the sum instead of the mean,
+    the standard deviation instead of the root mean square, the wrong axis, multiplying by the
+    RMS instead of dividing.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 5, 6, generator=g, dtype=torch.float64) + 0.7
+    weight = 1 + 0.5 * torch.randn(6, generator=g, dtype=torch.float64)
+    eps = 0.01
+    try:
+        got = _run(fn, x, weight, eps)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    mean_sq = x.pow(2).mean(-1, keepdim=True)
+    want = weight * x / torch.sqrt(mean_sq + eps)
+    return _verdict(_compare(got, want, "output"), [
+        (lambda: _close(got, torch.nn.functional.layer_norm(x, (6,), weight, None, eps)),
+         "this is LayerNorm: RMSNorm does not subtract the mean, it divides by √(mean x² + ε)"),
+        (lambda: _close(got, x / torch.sqrt(mean_sq + eps)), "the gain is missing: multiply by weight"),
+        (lambda: _close(got, weight * x / (torch.sqrt(mean_sq) + eps)),
+         "ε is added after the square root; it belongs inside: √(mean x² + ε)"),
+        (lambda: _close(got, weight * x / torch.sqrt(mean_sq)), "ε is missing: √(mean x² + ε)"),
+        (lambda: _close(got, weight * x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps)),
+         "you divided by √(Σ x² + ε): use the mean of the squares, Σ x² / d"),
+        (lambda: _close(got, weight * x / torch.sqrt(x.var(-1, keepdim=True) + eps))
+         or _close(got, weight * x / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + eps)),
+         "you divided by the standard deviation; RMSNorm uses the root mean square, mean x², "
+         "without subtracting the mean"),
+        (lambda: _close(got, weight * x / torch.sqrt(x.pow(2).mean(-2, keepdim=True) + eps)),
+         "the mean runs over the wrong axis: normalise each vector over its features (the last axis)"),
+        (lambda: _close(got, weight * x * torch.sqrt(mean_sq + eps)),
+         "you multiplied by the RMS: divide by it"),
+    ], "RMSNorm is correct: g ⊙ x / √(mean x² + ε)")
+
+
+def check_greedy_decode(fn, seed=0):
+    """Check ``fn(model, src, steps)`` -> (tokens (B, steps), logits (B, steps, V)): greedy decoding
+    of a :class:`~attnbook.translation.DateTranslator` with a KV cache. §4.1.
+
+    The reference re-runs the decoder on the whole prefix at every step (no cache), so any
+    correct incremental decoder matches it. The model is a small random one in float64, the
+    source 3 written dates; steps = 7 (fewer than a full date, to catch a hard-coded 11).
+    """
+    from .transformer import KVCache
+    from .translation import BOS, DateTranslator, date_batch
+
+    torch.manual_seed(seed)
+    model = DateTranslator(dim=16, heads=2, layers=2, hidden=32).double().eval()
+    src = date_batch(3, generator=torch.Generator().manual_seed(seed)).src
+    steps = 7
+    try:
+        got = _run(fn, model, src, steps)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    want_tokens, want_logits, _ = model.greedy(src, steps, cache=False)
+
+    def variant(position, fresh_cache=False):
+        """Greedy decoding with a mistake: the new token at ``position(t)``, or a new cache per step."""
+        with torch.no_grad():
+            memory, _ = model.encode(src)
+            cache, token, logits = KVCache(2), torch.full((3, 1), BOS), []
+            for t in range(steps):
+                cache = KVCache(2) if fresh_cache else cache
+                y, _ = model.decoder.forward_step(model.embed_target(token, start=position(t)), memory, cache,
+                                                  memory_mask=model.source_mask(src))
+                logits.append(model.out(y[:, -1]))
+                token = logits[-1].argmax(-1, keepdim=True)
+        return torch.stack(logits, 1)
+
+    if not isinstance(got, tuple) or len(got) != 2:
+        return _report(False, f"expected a pair (tokens, logits), got {type(got).__name__}")
+    tokens, logits = got
+    if isinstance(tokens, torch.Tensor) and tuple(tokens.shape) == (3, steps + 1):
+        return _report(False, f"tokens have shape (3, {steps + 1}): return the {steps} generated tokens, "
+                              "without the BOS you started from")
+    problem = _compare(tokens, want_tokens, "tokens") if isinstance(tokens, torch.Tensor) and \
+        tokens.dtype == torch.long else ("type", f"tokens: expected a long tensor of ids, got "
+                                                 f"{getattr(tokens, 'dtype', type(tokens).__name__)}")
+    problem = _compare(logits, want_logits, "logits") or problem
+    if problem is not None and problem[0] == "values" and logits.shape == want_logits.shape:
+        first_wrong = int(((logits - want_logits).abs().amax(-1) > 1e-6).any(0).float().argmax())
+        problem = ("values", f"{problem[1]}, from step {first_wrong} on")
+    return _verdict(problem, [
+        (lambda: _close(logits, variant(lambda t: 0)),
+         "every new token is embedded at position 0: give the token of step t its position t "
+         "(embed_target(token, start=t), t = cache.length)"),
+        (lambda: _close(logits, variant(lambda t: t, fresh_cache=True)),
+         "each step starts from an empty cache, so a token sees only itself: create one KVCache "
+         "before the loop and pass the same one to every step"),
+        (lambda: _close(logits, variant(lambda t: t + 1)),
+         "positions are off by one: the BOS of step 0 sits at position 0"),
+    ], f"greedy decoding with the cache is correct: same {steps} tokens and logits as re-running the decoder")
+
+
+def check_skew(fn, seed=0):
+    """Check ``fn(qe)`` = Huang et al.'s skewing: (..., L, L) -> S_rel with S_rel[i, j] = qe[i, j − i + L − 1]. §4.5.
+
+    qe = Q Eᵀ holds q_i · E_r at [i, r], where row r of the table E is the offset r − (L − 1).
+    The skew pads one zero column on the left, reshapes to (..., L + 1, L) and drops the first
+    row. Runs on qe (2, 3, 6, 6) and compares the causal part j ≤ i (what lies above the
+    diagonal is masked in attention and not checked). Names the usual mistakes: no skew, the
+    zero column on the right, the last row dropped instead of the first, the table read in
+    the wrong order (offset i − j), the padded shape returned.
+    """
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    L = 6
+    qe = torch.randn(2, 3, L, L, generator=g, dtype=torch.float64)
+    try:
+        got = _run(fn, qe.clone())
+    except _Raised as raised:
+        return _report(False, str(raised))
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None]
+    lower = j <= i
+    want = qe[..., i, (j - i + L - 1).clamp(0, L - 1)] * lower
+
+    def skew(x, pad=(1, 0), rows=slice(1, None)):
+        padded = F.pad(x, pad)
+        return padded.reshape(*x.shape[:-2], L + 1, L)[..., rows, :]
+
+    if isinstance(got, torch.Tensor) and got.shape == (2, 3, L + 1, L):
+        return _report(False, f"expected shape {(2, 3, L, L)}, got {tuple(got.shape)}: after the reshape to "
+                              "(L + 1, L), drop the first row")
+    causal = got * lower if isinstance(got, torch.Tensor) and got.shape == want.shape else got
+    return _verdict(_compare(causal, want, "S_rel (j ≤ i)"), [
+        (lambda: _close(causal, qe * lower), "nothing is skewed: qe[i, r] is still indexed by the table row r, "
+                                             "not by the key j = r + i − (L − 1)"),
+        (lambda: _close(causal, skew(qe, pad=(0, 1), rows=slice(0, L)) * lower),
+         "the zero column goes on the left of qe (F.pad(qe, (1, 0))), not on the right"),
+        (lambda: _close(causal, skew(qe, rows=slice(0, L)) * lower),
+         "keep the last L rows after the reshape (drop the first), not the first L"),
+        (lambda: _close(causal, skew(qe.flip(-1)) * lower),
+         "the table is read backwards: row r is the offset r − (L − 1), so the last row is offset 0"),
+    ], "skewing is correct: S_rel[i, j] = q_i · E[j − i + L − 1] for every j ≤ i")
+
+
+def check_info_nce(fn, seed=0):
+    """Check ``fn(image_features, text_features, temperature)`` = the symmetric InfoNCE loss of CLIP. §4.6.
+
+    With f_i = x_i/‖x_i‖, g_j = t_j/‖t_j‖ and S_ij = ⟨f_i, g_j⟩ / τ, the loss is
+    ½ [CE(S, diag) + CE(Sᵀ, diag)]: pair i is the right answer of row i (image → text) and of
+    column i (text → image), each cross-entropy averaged over the B pairs. Runs on B = 6 pairs
+    of D = 5 features (float64) with τ = 0.1 and τ = 0.5; the reference is
+    :func:`attnbook.multimodal.info_nce`. Names the usual mistakes: no normalisation, one
+    direction only, multiplying by τ, summing instead of averaging, not halving the sum.
+    """
+    import torch.nn.functional as F
+
+    from .multimodal import info_nce
+
+    g = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    t = 0.5 * torch.randn(6, 5, generator=g, dtype=torch.float64) + 0.3 * x
+    target = torch.arange(6)
+    for tau in (0.1, 0.5):
+        try:
+            got = _run(fn, x, t, tau)
+        except _Raised as raised:
+            return _report(False, str(raised))
+        cos = F.normalize(x, dim=-1) @ F.normalize(t, dim=-1).T
+        want = info_nce(cos / tau)
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dim() > 0:
+            got = got.reshape(())
+        problem = _compare(got, want, f"loss (τ = {tau})")
+        if problem is not None:
+            break
+    return _verdict(problem, [
+        (lambda: _close(got, info_nce(x @ t.T / tau)),
+         "the features are not normalised: divide each row by its length before the dot products"),
+        (lambda: _close(got, F.cross_entropy(cos / tau, target)),
+         "only the image → text direction: add the cross-entropy of the columns (text → image) and halve"),
+        (lambda: _close(got, F.cross_entropy(cos.T / tau, target)),
+         "only the text → image direction: add the cross-entropy of the rows (image → text) and halve"),
+        (lambda: _close(got, info_nce(cos * tau)),
+         "the similarities are multiplied by the temperature; divide by it (a small τ sharpens)"),
+        (lambda: _close(got, info_nce(cos)), "the temperature is missing: divide the similarities by τ"),
+        (lambda: _close(got, 2 * want), "the two cross-entropies are added but not halved"),
+        (lambda: _close(got, 6 * want), "the cross-entropies are summed over the pairs; average them"),
+    ], "the symmetric InfoNCE loss is correct for both temperatures")
+
+
+def check_modality_gap(fn, seed=0):
+    """Check ``fn(image_emb, text_emb)`` = ‖mean_i f_i − mean_j g_j‖, the modality gap. §6.3.
+
+    image_emb (7, 5) and text_emb (4, 5): unit vectors in two separate cones, with different
+    numbers of images and texts (so the centroids must be taken separately). The answer may be
+    a float or a 0-d tensor. Names the usual mistakes: the squared distance, the mean distance
+    of all pairs or of matched pairs, normalised centroids, sums instead of means.
+    """
+    import numbers
+
+    import torch.nn.functional as F
+
+    from .alignment import modality_gap
+
+    g = torch.Generator().manual_seed(seed)
+    axis = F.normalize(torch.randn(5, generator=g, dtype=torch.float64), dim=0)
+    f = F.normalize(torch.randn(7, 5, generator=g, dtype=torch.float64) + 2 * axis, dim=-1)
+    t = F.normalize(torch.randn(4, 5, generator=g, dtype=torch.float64) - 2 * axis, dim=-1)
+    try:
+        got = _run(fn, f, t)
+    except _Raised as raised:
+        return _report(False, str(raised))
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, numbers.Real):
+        return _report(False, f"expected a number (or a 0-d tensor), got {type(got).__name__}")
+    want = modality_gap(f, t)
+    if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
+        return _report(True, f"the modality gap is correct ({want:.4f} for these embeddings)")
+    diff = f.mean(0) - t.mean(0)
+    mistakes = [
+        (diff.pow(2).sum().item(), "this is the squared distance: take the square root"),
+        ((f[:, None] - t[None]).norm(dim=-1).mean().item(),
+         "this is the mean distance of all image-text pairs; the gap is the distance between the two centroids"),
+        ((f[:4] - t).norm(dim=-1).mean().item(),
+         "this pairs images with texts one to one; take each modality's centroid separately"),
+        ((F.normalize(f.mean(0), dim=0) - F.normalize(t.mean(0), dim=0)).norm().item(),
+         "the centroids were normalised; the gap is measured between the plain means, inside the sphere"),
+        ((f.sum(0) - t.sum(0)).norm().item(), "the embeddings were summed; average each modality"),
+    ]
+    why = next((message for value, message in mistakes if math.isclose(got, value, rel_tol=1e-6)), None)
+    return _report(False, why or f"expected {want:.4f}, got {got:.4f}")
