@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbook import MultiHeadAttention
-from attnbook.heads import (IGNORE, HeadsModel, TwoRelationBatch, ablation_accuracies, accuracy,
+from attnbook.heads import (IGNORE, HeadsModel, ablation_accuracies, accuracy,
                             marked_token_targets, multihead_flops, previous_token_targets,
                             relation_scores, task_loss, token_names, two_relation_task)
 

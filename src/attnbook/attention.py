@@ -1,8 +1,6 @@
 """Exact (soft, global) attention: scores, softmax, weighted sum (§2.1 to §2.4)."""
 import math
 
-import torch
-
 from . import _checks
 from .masks import causal_mask
 from .softmax import masked_softmax

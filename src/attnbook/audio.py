@@ -25,7 +25,6 @@ References (book/references.bib): chan2016listen, chorowski2015attention, huang2
 shaw2018self.
 """
 import math
-import numbers
 from typing import NamedTuple
 
 import torch
@@ -46,11 +45,7 @@ FORMANTS = {"a": (730, 1090), "e": (530, 1840), "i": (300, 1950), "o": (570, 840
 
 
 def _int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return _checks.integer(value, name, minimum)
 
 
 def _generator(generator):

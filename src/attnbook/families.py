@@ -33,11 +33,7 @@ IGNORE = -100          # the target of a position that is not scored (cross_entr
 
 
 def _integer(value, name, *, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be ≥ {minimum}, got {value}")
-    return int(value)
+    return _checks.integer(value, name, minimum)
 
 
 def _check_tokens(tokens, name="tokens"):

@@ -19,7 +19,6 @@ with a Transformer decoder that cross-attends to the frames.
 """
 import dataclasses
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -48,11 +47,7 @@ PROMPT = ("a", "digit")         # the zero-shot prompt "a digit seven" has no at
 # ---------------------------------------------------------------- argument checks
 
 def _int(value, name, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
+    return _checks.integer(value, name, minimum)
 
 
 def _images(images, name="images"):

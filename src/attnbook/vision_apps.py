@@ -20,23 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
-from .interpret import attention_rollout
+from .interpret import _patch_grid, attention_rollout
 from .train import fit
 from .transformer import CrossAttention, EncoderLayer
 from .vision import CBAM, SqueezeExcitation
 
 # ---------------------------------------------------------------- reading a ViT
-
-
-def _grid_of(n_patches, grid, name="weights"):
-    if not (isinstance(grid, (tuple, list)) and len(grid) == 2):
-        raise TypeError(f"grid must be a pair (rows, cols), got {grid!r}")
-    for side in grid:
-        _checks.positive(side, "grid", integer=True)
-    if grid[0] * grid[1] != n_patches:
-        raise ValueError(f"{name} has {n_patches} patch tokens but grid {tuple(grid)} has "
-                         f"{grid[0] * grid[1]} cells")
-    return tuple(grid)
 
 
 def _vit_weights(weights, name):
@@ -56,7 +45,7 @@ def class_token_maps(weights, grid):
     Cost O(B·h·N). Explained in §4.4.
     """
     weights = _vit_weights(weights, "weights")
-    rows, cols = _grid_of(weights.shape[-1] - 1, grid)
+    rows, cols = _patch_grid(grid, weights.shape[-1] - 1)
     return weights[:, :, 0, 1:].reshape(*weights.shape[:2], rows, cols)
 
 
@@ -74,7 +63,7 @@ def rollout_maps(weights_per_layer, grid, **options):
     for i, w in enumerate(weights_per_layer):
         _vit_weights(w, f"weights_per_layer[{i}]")
     rollout = attention_rollout(list(weights_per_layer), **options)
-    rows, cols = _grid_of(rollout.shape[-1] - 1, grid, "weights_per_layer")
+    rows, cols = _patch_grid(grid, rollout.shape[-1] - 1)
     return rollout[:, 0, 1:].reshape(len(rollout), rows, cols)
 
 
