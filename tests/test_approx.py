@@ -384,6 +384,11 @@ def test_describe_says_where_the_crossover_lies():
     assert "extrapolated: about 10,000" in describe(crossover_length(SIZES, power_law_ratios(1e4, -0.5)))
     assert describe(crossover_length(SIZES, [3.0] * 5)).endswith("4,096 tokens, and its time ratio was not falling")
     assert describe(Crossover(None, "between", (512, 1024), (256, 4096))) == "between 512 and 1,024 tokens"
+    # two significant digits would leave the bracket (514 -> 510): keep the digits that stay inside
+    assert describe(Crossover(514.0, "between", (512, 1024), (256, 4096))) == \
+        "at about 514 tokens (between the measured 512 and 1,024)"
+    assert describe(Crossover(1030.2, "between", (1024, 2048), (256, 4096))) == \
+        "at about 1,030 tokens (between the measured 1,024 and 2,048)"
     with pytest.raises(TypeError):
         describe(700.0)
 

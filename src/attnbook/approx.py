@@ -377,10 +377,13 @@ def find_crossovers(result, *, ratio="time_ratio"):
             for name, s in result["summary"].items() if name != "sdpa"}
 
 
-def _round2(x):
-    """x rounded to two significant digits, as an int with thousands separators."""
-    digits = max(0, math.floor(math.log10(x)) - 1)
-    return f"{round(x / 10 ** digits) * 10 ** digits:,}"
+def _round_within(x, lo, hi):
+    """x rounded to two significant digits (more if that leaves [lo, hi]), with thousands separators."""
+    for significant in range(2, 20):
+        digits = max(0, math.floor(math.log10(x)) - significant + 1)
+        rounded = round(x / 10 ** digits) * 10 ** digits
+        if lo <= rounded <= hi or digits == 0:
+            return f"{rounded:,}"
 
 
 def describe(found, unit="tokens"):
@@ -394,10 +397,10 @@ def describe(found, unit="tokens"):
         lo, hi = (f"{n:,}" for n in found.bracket)
         if found.length is None:
             return f"between {lo} and {hi} {unit}"
-        return f"at about {_round2(found.length)} {unit} (between the measured {lo} and {hi})"
+        return f"at about {_round_within(found.length, *found.bracket)} {unit} (between the measured {lo} and {hi})"
     if found.status == "below":
         return f"below {shortest} {unit} (it was faster at every length measured)"
     if found.status == "beyond":
         return f"beyond the longest length measured, {longest} {unit} (extrapolated: about " \
-               f"{_round2(found.length)})"
+               f"{_round_within(found.length, found.measured[1], math.inf)})"
     return f"beyond the longest length measured, {longest} {unit}, and its time ratio was not falling"

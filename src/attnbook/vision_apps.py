@@ -179,7 +179,9 @@ def mean_by_class(values, labels, classes=10):
 
 # ---------------------------------------------------------------- text to image
 
-COLOURS = {"red": (1.0, 0.15, 0.1), "green": (0.1, 0.85, 0.2), "blue": (0.15, 0.3, 1.0)}
+# Okabe & Ito's vermillion, bluish green and blue: told apart with the common colour-vision
+# deficiencies too (a pure red and green are not).
+COLOURS = {"red": (0.835, 0.369, 0.0), "green": (0.0, 0.620, 0.451), "blue": (0.0, 0.447, 0.698)}
 SHAPES = ("square", "circle", "triangle")
 ROWS, COLS = ("top", "bottom"), ("left", "right")
 PAD = "<pad>"
