@@ -191,3 +191,24 @@ def test_png_renders_a_figure_without_a_pyplot_canvas():
     fig = Figure(figsize=(2, 2))
     viz.heatmap(weights(), ax=fig.add_subplot())
     assert viz.png(fig).startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("tokens, width", [
+    ("[CLS] the animal didn ' t cross the street because it was too tired . [SEP]".split(), 8.5),
+    ("[CLS] her three noisy dogs chased the tiny frightened rabbit . [SEP]".split(), 7.5),
+])
+def test_arc_labels_shrink_until_neighbours_do_not_overlap(tokens, width):
+    fig, ax = plt.subplots(figsize=(width, 2))
+    viz.arcs(torch.full((len(tokens), len(tokens)), 1 / len(tokens)), tokens, ax=ax)
+    fig.canvas.draw()
+    boxes = [t.get_bbox_patch().get_window_extent() for t in ax.texts]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "neighbouring labels overlap"
+    assert 6 < min(t.get_fontsize() for t in ax.texts) < 9             # shrunk, above the floor
+    plt.close(fig)
+
+
+def test_arc_labels_keep_their_size_when_there_is_room():
+    fig, ax = plt.subplots(figsize=(8, 2))
+    viz.arcs(torch.eye(4), ["the", "cat", "sat", "."], ax=ax)
+    assert {t.get_fontsize() for t in ax.texts} == {9.0}
+    plt.close(fig)

@@ -109,6 +109,16 @@ def head_grid(weights, x_labels=None, y_labels=None, *, fig=None, titles=None, n
     return images
 
 
+def _label_size(ax, tokens, *, largest=9.0, smallest=6.0):
+    """The font size (points) at which ``tokens``, one per unit of the x axis, do not overlap:
+    two neighbours of c₁ and c₂ characters need about (0.55·(c₁ + c₂)/2 + 0.8) font sizes
+    (glyphs and their boxes) of the unit's width; clipped to [smallest, largest]."""
+    fig = ax.get_figure()
+    unit_points = ax.get_position().width * fig.get_figwidth() * 72 / max(len(tokens), 1)
+    widest = max([(len(a) + len(b)) / 2 for a, b in zip(tokens, tokens[1:])] or [len(tokens[0])])
+    return float(min(largest, max(smallest, unit_points / (0.55 * widest + 0.8))))
+
+
 def arcs(weights, tokens, *, query=None, ax=None, title=None, threshold=0.02):
     """Draw self-attention (L, L) as arcs between tokens on a line, width ∝ weight.
 
@@ -132,9 +142,10 @@ def arcs(weights, tokens, *, query=None, ax=None, title=None, threshold=0.02):
             ax.add_patch(Arc((centre, 0), width, width * 0.8, theta1=0 if upper else 180,
                              theta2=180 if upper else 360, color=colour,
                              alpha=float(min(1.0, 0.25 + w[i, j])), linewidth=0.5 + 6 * w[i, j]))
+    size = _label_size(ax, tokens)
     for k, token in enumerate(tokens):
-        ax.text(k, 0, token, ha="center", va="center", fontsize=9,
-                bbox=dict(boxstyle="round", fc="#fde725" if k == query else "white", ec="grey"))
+        ax.text(k, 0, token, ha="center", va="center", fontsize=size,
+                bbox=dict(boxstyle="round,pad=0.2", fc="#fde725" if k == query else "white", ec="grey"))
     ax.set_xlim(-0.8, n - 0.2)
     ax.set_ylim(-n * 0.45, n * 0.45)
     ax.axis("off")
