@@ -86,3 +86,15 @@ def integer(value, name, minimum=0):
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def generator(value, *, default_seed=None):
+    """Return ``value`` if it is a torch.Generator (or None), else raise a TypeError naming it.
+
+    With ``default_seed``, None becomes a fresh generator seeded with it (reproducible by default).
+    """
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(value).__name__}")
+    if value is None and default_seed is not None:
+        return torch.Generator().manual_seed(default_seed)
+    return value

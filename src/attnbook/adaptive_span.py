@@ -163,8 +163,7 @@ def lag_task(batch, length=32, *, vocab=8, lags=(1, 4, 12), generator=None):
         raise ValueError(f"lags must be a non-empty tuple of integers ≥ 1, got {lags}")
     if max(lags) >= length:
         raise ValueError(f"the largest lag {max(lags)} must be smaller than length={length}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     tokens = torch.randint(vocab, (batch, length), generator=generator)
     cues = torch.randint(len(lags), (batch, length), generator=generator)
     source = torch.arange(length) - torch.tensor(lags)[cues]           # (B, L): i − ℓ(c_i)

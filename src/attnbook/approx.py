@@ -39,8 +39,7 @@ STATUSES = ("between", "below", "beyond", "never")
 
 
 def _generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     return generator
 
 

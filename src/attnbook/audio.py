@@ -48,14 +48,6 @@ def _int(value, name, minimum=1):
     return _checks.integer(value, name, minimum)
 
 
-def _generator(generator):
-    if generator is None:
-        return torch.Generator().manual_seed(0)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
-
-
 # ---------------------------------------------------------------- synthetic speech
 
 def synthesize(symbols, generator=None, *, sample_rate=SAMPLE_RATE, noise=0.05):
@@ -70,7 +62,7 @@ def synthesize(symbols, generator=None, *, sample_rate=SAMPLE_RATE, noise=0.05):
     """
     if not isinstance(symbols, str) or not symbols or any(s not in FORMANTS for s in symbols):
         raise ValueError(f"symbols must be a non-empty string over {SYMBOLS!r}, got {symbols!r}")
-    g = _generator(generator)
+    g = _checks.generator(generator, default_seed=0)
     rate = _int(sample_rate, "sample_rate", 2 * max(max(f) for f in FORMANTS.values()) + 1)
     n = len(symbols)
     r = torch.rand(n + 1, 3, generator=g, dtype=torch.float64)        # gap, duration, amplitude
@@ -145,7 +137,7 @@ def make_utterances(batch, min_len=4, max_len=8, *, generator=None, noise=0.05):
     batch = _int(batch, "batch")
     min_len = _int(min_len, "min_len")
     max_len = _int(max_len, "max_len", min_len)
-    g = _generator(generator)
+    g = _checks.generator(generator, default_seed=0)
     lengths = torch.randint(min_len, max_len + 1, (batch,), generator=g)
     texts = ["".join(SYMBOLS[i] for i in torch.randint(len(SYMBOLS), (int(n),), generator=g)) for n in lengths]
     waves, spans = [], []
@@ -510,7 +502,7 @@ def make_melodies(batch, *, motif=8, vocab=12, intro=None, length=None, generato
     lo, hi = (0, motif - 1) if intro is None else intro
     lo, hi = _int(lo, "intro[0]", 0), _int(hi, "intro[1]", lo)
     length = hi + 4 * motif if length is None else _int(length, "length", hi + 4 * motif)
-    g = _generator(generator)
+    g = _checks.generator(generator, default_seed=0)
     notes = torch.randint(vocab, (batch, length), generator=g)
     a = torch.randint(vocab, (batch, motif), generator=g)
     start = torch.randint(lo, hi + 1, (batch,), generator=g)

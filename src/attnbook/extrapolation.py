@@ -53,8 +53,7 @@ def _check_encoding(encoding, name="encoding"):
 
 
 def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
 
 
 # ---------------------------------------------------------------- the task

@@ -23,6 +23,7 @@ from torch import nn
 
 from . import _checks
 from .attention import attention
+from .digits import count_parameters  # re-exported: §4.2 counts its models with it
 from .masks import causal_mask
 from .multihead import merge_heads, split_heads
 from .positions import LearnedPositionalEmbedding, apply_rope
@@ -401,10 +402,3 @@ def kv_cache_numbers_per_token(num_layers, num_kv_heads, head_dim):
     """Numbers a KV cache stores per token: 2 (key and value) · layers · h_kv · d. §4.2, §5.3."""
     return 2 * _integer(num_layers, "num_layers") * _integer(num_kv_heads, "num_kv_heads") * \
         _integer(head_dim, "head_dim")
-
-
-def count_parameters(module):
-    """The number of trainable parameters of ``module``."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

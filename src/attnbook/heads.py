@@ -51,8 +51,7 @@ def two_relation_task(batch, length=8, vocab=6, *, generator=None):
     batch = _checks.at_least(batch, "batch", 1)
     length = _checks.at_least(length, "length", 2)
     vocab = _checks.at_least(vocab, "vocab", 2)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     symbols = torch.randint(vocab, (batch, length), generator=generator)
     marked = torch.randint(length, (batch,), generator=generator)
     rows = torch.arange(batch)

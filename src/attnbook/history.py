@@ -524,8 +524,7 @@ def timeline_panel(fig, field, era):
 # ---------------------------------------------------------------- the scores of 2014, 2015, 2017
 
 def _generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     return generator
 
 

@@ -32,10 +32,7 @@ def shapes_image(height, width, *, shapes=4, generator=None, dtype=torch.float32
     """
     _side(height, "height"), _side(width, "width")
     _checks.positive(shapes, "shapes", integer=True)
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
-    elif not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    generator = _checks.generator(generator, default_seed=0)
     unit = min(height, width)   # lengths in units of the shorter side: discs stay round
     rows = ((torch.arange(height, dtype=torch.float64) + 0.5) / unit)[:, None]   # (H, 1)
     cols = ((torch.arange(width, dtype=torch.float64) + 0.5) / unit)[None, :]    # (1, W)

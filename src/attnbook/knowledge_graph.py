@@ -41,8 +41,7 @@ _VOWELS = ("a", "e", "i", "o", "u")
 
 
 def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
 
 
 def _names(count, generator):

@@ -119,8 +119,7 @@ def orthogonal_random_features(d, m, *, generator=None, dtype=torch.float32, dev
     """
     _checks.positive(d, "d", integer=True)
     _checks.positive(m, "m", integer=True)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     source = generator.device if generator is not None else torch.device("cpu")

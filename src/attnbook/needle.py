@@ -68,8 +68,7 @@ def needle_batch(batch, length, *, dim=8, classes=8, signal=3.0, generator=None,
         raise ValueError(f"dim must be ≥ 2 (a marker and at least one distractor feature), got {dim}")
     if classes < 2:
         raise ValueError(f"classes must be ≥ 2, got {classes}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     features = torch.randn(*shape, length, dim - 1, generator=generator, dtype=dtype)
     labels = torch.randint(0, classes, (*shape, length), generator=generator)
     position = torch.randint(0, length, shape, generator=generator)

@@ -33,8 +33,7 @@ A_TOKEN, B_TOKEN = 0, 1  # the two marked tokens of before_task
 # ---------------------------------------------------------------- permutations
 
 def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
 
 
 def random_permutation(length, *, generator=None):

@@ -21,13 +21,6 @@ DIMS = (4, 16, 64, 256, 1024)
 GRADIENT_WRT = ("scores", "query")
 
 
-def _check_generator(generator):
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError("generator must be a torch.Generator or None, "
-                        f"got {type(generator).__name__}")
-    return generator
-
-
 def _check_flag(value, name):
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
@@ -49,7 +42,7 @@ def random_logits(d_k, n_keys=64, n_samples=128, generator=None, *, scaled=False
     Cost O(n_samples·n_keys·d_k) time and memory. Explained in §2.2.
     """
     _check_sizes(d_k, n_keys, n_samples)
-    _check_generator(generator)
+    _checks.generator(generator)
     _check_flag(scaled, "scaled")
     q, k = _draw(d_k, n_keys, n_samples, generator)
     return _scores(q, k, scaled)
@@ -121,7 +114,7 @@ def score_gradient_norm(d_k, n_keys=64, n_samples=128, generator=None, *, scaled
     Cost O(n_samples·n_keys·d_k) time and memory. Explained in §2.2.
     """
     _check_sizes(d_k, n_keys, n_samples)
-    _check_generator(generator)
+    _checks.generator(generator)
     _check_flag(scaled, "scaled")
     if wrt not in GRADIENT_WRT:
         raise ValueError(f"wrt must be one of {GRADIENT_WRT}, got {wrt!r}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _checks
 from .rnn import AttentionDecoder, BahdanauAttention, RNNEncoder
 
 PAD, BOS, EOS = 0, 1, 2
@@ -107,8 +108,7 @@ def make_batch(batch, min_len, max_len=None, *, vocab, task="reverse", generator
         raise ValueError(f"max_len must be >= min_len, got min_len={min_len}, max_len={max_len}")
     vocab = _int(vocab, "vocab", SPECIALS + 1)
     _task(task)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     lengths = torch.randint(min_len, max_len + 1, (batch,), generator=generator)
     longest = int(lengths.max())
     symbols = torch.randint(SPECIALS, vocab, (batch, longest), generator=generator)

@@ -70,8 +70,7 @@ def search_scenes(count, *, grid=5, cell=5, objects=4, dim=0.4, noise=0.05, gene
     for name, value in (("dim", dim), ("noise", noise)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    _checks.generator(generator)
     rows = torch.arange(count)
     cells = torch.rand(count, grid * grid, generator=generator).argsort(-1)[:, :objects]
     colours = torch.rand(count, len(COLOURS), generator=generator).argsort(-1)[:, :objects]
