@@ -79,6 +79,15 @@ def at_least(value, name, minimum):
     return int(value)
 
 
+def count(value, name):
+    """Return int(``value``) if it is an integer ≥ 0 (a count, a window, an offset), else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer ≥ 0, got {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer ≥ 0, got {value}")
+    return int(value)
+
+
 def integer(value, name, minimum=0):
     """Return int(``value``) if it is an integer ≥ ``minimum`` (zero and negatives allowed by ``minimum``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -15,7 +15,6 @@ For Reformer's LSH attention, :func:`bucket_agreement` measures how often a vect
 neighbours land in its bucket, and :func:`bucket_collision_rate` the same for random pairs.
 """
 import inspect
-import numbers
 
 import torch
 
@@ -31,14 +30,6 @@ def _square_pattern(pattern, name="pattern"):
     if pattern.dim() != 2 or pattern.shape[0] != pattern.shape[1]:
         raise ValueError(f"{name} must be a square (L, L) self-attention pattern, got shape {tuple(pattern.shape)}")
     return pattern.shape[0]
-
-
-def _nonnegative(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer ≥ 0, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an integer ≥ 0, got {value}")
-    return int(value)
 
 
 def _window_count(i, length, window, dilation, causal):
@@ -82,7 +73,7 @@ def keys_per_query(kind, length, **params):
         return i + 1
 
     def window(window, dilation=1, causal=False):
-        _nonnegative(window, "window")
+        _checks.count(window, "window")
         _checks.positive(dilation, "dilation", integer=True)
         return _window_count(i, length, window, dilation, causal)
 
@@ -91,18 +82,18 @@ def keys_per_query(kind, length, **params):
         return torch.minimum(torch.full_like(i, block), length - (i // block) * block)
 
     def global_(window, global_positions):
-        _nonnegative(window, "window")
+        _checks.count(window, "window")
         positions = torch.as_tensor(list(global_positions), dtype=torch.long).unique()
         if len(positions) and (positions.min() < 0 or positions.max() >= length):
             raise ValueError(f"global_positions must lie in 0..{length - 1}, got {positions.tolist()}")
         return _global_count(i, length, window, positions)[0]
 
     def bigbird(window, global_count, random_count):
-        _nonnegative(window, "window")
-        if _nonnegative(global_count, "global_count") > length:
+        _checks.count(window, "window")
+        if _checks.count(global_count, "global_count") > length:
             raise ValueError(f"global_count must be at most length={length}, got {global_count}")
         counts, is_global = _global_count(i, length, window, torch.arange(global_count))
-        extra = counts + _nonnegative(random_count, "random_count")
+        extra = counts + _checks.count(random_count, "random_count")
         return torch.where(is_global, counts, extra.clamp_max(length))
 
     def strided(stride, causal=True):
@@ -148,7 +139,7 @@ def reach(pattern, layers):
     float32 for L < 2²⁴), O(L²) memory. Explained in §3.5.
     """
     length = _square_pattern(pattern)
-    layers = _nonnegative(layers, "layers")
+    layers = _checks.count(layers, "layers")
     step = _step(pattern)
     reached = torch.eye(length, device=pattern.device)
     for _ in range(layers):
@@ -164,7 +155,7 @@ def reach_curve(pattern, layers, *, target=None):
     Cost O(layers·L³) time, O(L²) memory. Explained in §3.5.
     """
     length = _square_pattern(pattern)
-    layers = _nonnegative(layers, "layers")
+    layers = _checks.count(layers, "layers")
     target = _target(target, length, pattern.device)
     total = max(int(target.sum()), 1)
     step = _step(pattern)
@@ -187,7 +178,7 @@ def layers_to_reach(pattern, *, target=None, max_layers=None):
     """
     length = _square_pattern(pattern)
     target = _target(target, length, pattern.device)
-    limit = length if max_layers is None else _nonnegative(max_layers, "max_layers")
+    limit = length if max_layers is None else _checks.count(max_layers, "max_layers")
     step = _step(pattern)
     reached = torch.eye(length, device=pattern.device).bool()
     for layer in range(limit + 1):
@@ -227,7 +218,7 @@ def bucket_agreement(x, buckets, k):
     """
     _check_buckets(x, buckets)
     length = x.shape[-2]
-    k = _nonnegative(k, "k")
+    k = _checks.count(k, "k")
     if not 1 <= k <= length - 1:
         raise ValueError(f"k must lie in 1..L−1 = 1..{length - 1}, got {k}")
     unit = torch.nn.functional.normalize(x.double(), dim=-1)

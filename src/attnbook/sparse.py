@@ -11,7 +11,6 @@ sliding window and global tokens (Beltagy et al., 2020), BigBird's random keys (
 al., 2020) and Reformer's LSH attention (Kitaev et al., 2020).
 """
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -23,15 +22,6 @@ from .softmax import masked_softmax
 
 
 # ---------------------------------------------------------------- argument checks
-
-def _count(value, name):
-    """Return ``value`` if it is an integer ≥ 0, else raise (naming the argument)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer ≥ 0, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an integer ≥ 0, got {value}")
-    return int(value)
-
 
 def _scale(scale, width):
     return 1.0 / math.sqrt(width) if scale is None else _checks.positive(scale, "scale")
@@ -62,7 +52,7 @@ def sliding_window_pattern(length, window, *, dilation=1, causal=False, device=N
     (window + 1 when causal), spread ``dilation`` apart. Returns (L, L) bool. §3.5.
     """
     _checks.positive(length, "length", integer=True)
-    window = _count(window, "window")
+    window = _checks.count(window, "window")
     _checks.positive(dilation, "dilation", integer=True)
     band = sliding_window_mask(length, window=window * dilation, causal=causal, device=device)
     offset = torch.arange(length, device=device)[:, None] - torch.arange(length, device=device)
@@ -105,7 +95,7 @@ def global_tokens_pattern(length, window, global_positions, *, device=None):
     ``global_positions``: a sequence of integers in 0..L−1. Returns (L, L) bool. §3.5.
     """
     _checks.positive(length, "length", integer=True)
-    window = _count(window, "window")
+    window = _checks.count(window, "window")
     positions = _global_positions(global_positions, length, device)
     is_global = torch.zeros(length, dtype=torch.bool, device=device)
     is_global[positions] = True
@@ -122,7 +112,7 @@ def bigbird_pattern(length, window, global_count, random_count, *, generator=Non
     Returns (L, L) bool. Explained in §3.5.
     """
     _checks.positive(length, "length", integer=True)
-    global_count, random_count = _count(global_count, "global_count"), _count(random_count, "random_count")
+    global_count, random_count = _checks.count(global_count, "global_count"), _checks.count(random_count, "random_count")
     if global_count > length:
         raise ValueError(f"global_count must be at most length={length}, got {global_count}")
     base = global_tokens_pattern(length, window, range(global_count))
@@ -195,7 +185,7 @@ def sliding_window_attention(query, key, value, window, *, dilation=1, causal=Fa
     Cost O(L·K·(d + d_v)) time and memory instead of O(L²). Explained in §3.5.
     """
     _self_attention_shapes(query, key, value)
-    window = _count(window, "window")
+    window = _checks.count(window, "window")
     _checks.positive(dilation, "dilation", integer=True)
     scale = _scale(scale, query.shape[-1])
     index, exists = _window_keys(query.shape[-2], window, dilation, causal, query.device)
@@ -208,7 +198,7 @@ def sliding_window_attention(query, key, value, window, *, dilation=1, causal=Fa
 def window_weights_dense(weights, window, *, dilation=1, causal=False):
     """Banded weights (..., L, K) of :func:`sliding_window_attention` -> dense (..., L, L). §3.5."""
     _checks.tensor(weights, "weights", min_dim=2)
-    window = _count(window, "window")
+    window = _checks.count(window, "window")
     _checks.positive(dilation, "dilation", integer=True)
     length, width = weights.shape[-2:]
     if width != (window + 1 if causal else 2 * window + 1):
